@@ -1,0 +1,87 @@
+//! Stable error codes (`err.code`) and WebSocket close codes. Clients match on these strings
+//! and numbers, so they never change meaning once released.
+
+use serde::{Deserialize, Serialize};
+
+/// The `code` of an `err` frame (and of HTTP API errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadFrame,
+    UnknownType,
+    BadTarget,
+    TooLarge,
+    Forbidden,
+    NotSubscribed,
+    IdentityInUse,
+    RateLimited,
+    /// Storage could not make the request durable; nothing was acknowledged.
+    Unavailable,
+    Internal,
+    /// Authentication failed (sent just before close 4003).
+    Unauthorized,
+    /// Not found (HTTP API only).
+    NotFound,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadFrame,
+        ErrorCode::UnknownType,
+        ErrorCode::BadTarget,
+        ErrorCode::TooLarge,
+        ErrorCode::Forbidden,
+        ErrorCode::NotSubscribed,
+        ErrorCode::IdentityInUse,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadTarget => "bad_target",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::IdentityInUse => "identity_in_use",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes used by herald.
+pub mod close {
+    /// Server shutting down; the session stays resumable.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame exceeded `limits.max_frame_bytes`.
+    pub const FRAME_TOO_LARGE: u16 = 1009;
+    /// Too many malformed frames (`session.max_bad_frames`), or a frame before `hello`.
+    pub const PROTOCOL_ERROR: u16 = 4000;
+    /// No `hello` within `session.hello_timeout_ms`.
+    pub const HELLO_TIMEOUT: u16 = 4001;
+    /// Token missing, invalid or expired.
+    pub const AUTH_FAILED: u16 = 4003;
+    /// The session was evicted (an `evicted` frame precedes the close).
+    pub const EVICTED: u16 = 4009;
+    /// `identity.policy = reject_new` and the uid is in use.
+    pub const IDENTITY_IN_USE: u16 = 4010;
+    /// Rate limit exceeded.
+    pub const RATE_LIMITED: u16 = 4029;
+    /// No frame for `heartbeat_ms` + grace: the peer is presumed dead.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4008;
+}

@@ -1,0 +1,368 @@
+//! Text frame → frames. A frame holds one JSON object, or several separated by `\n`.
+//!
+//! Decoding is total: any input yields frames or errors that say what was wrong (and carry the
+//! request's `seq` when it could be read), never a panic. Each object of a batch is decoded on
+//! its own, so one bad object does not hide the others.
+
+use std::borrow::Cow;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::codes::ErrorCode;
+use crate::frames::*;
+use crate::names::{validate_name, ClientStream, NameError, Target};
+
+/// Longest idempotency key (`pub.id`) accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Limits the decoder enforces (the frame size itself is enforced by the transport).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Why one object of a frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {msg}")]
+pub struct DecodeError {
+    /// The request's `seq`, if it could be read, so the client can match the `err`.
+    pub seq: Option<u64>,
+    pub code: ErrorCode,
+    pub msg: String,
+}
+
+impl DecodeError {
+    fn new(seq: Option<u64>, code: ErrorCode, msg: impl Into<String>) -> Self {
+        DecodeError {
+            seq,
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    /// The `err` frame that answers this error.
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame::err(self.seq, self.code, self.msg.clone())
+    }
+}
+
+pub type Decoded = Result<ClientFrame, DecodeError>;
+
+/// Decodes a client text frame.
+pub fn decode_frame(text: &str, limits: &Limits) -> Vec<Decoded> {
+    split(text, |obj| decode_client_object(obj, limits))
+}
+
+/// Decodes a server text frame (for clients and tests).
+pub fn decode_server_frame(text: &str) -> Vec<Result<ServerFrame, DecodeError>> {
+    split(text, decode_server_object)
+}
+
+fn split<T>(text: &str, mut one: impl FnMut(&str) -> Result<T, DecodeError>) -> Vec<Result<T, DecodeError>> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return vec![Err(DecodeError::new(None, ErrorCode::BadFrame, "empty frame"))];
+    }
+    if !trimmed.contains('\n') {
+        return vec![one(trimmed)];
+    }
+    // A single object spread over several lines (pretty-printed) is accepted as one.
+    if serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok() {
+        return vec![one(trimmed)];
+    }
+    trimmed
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(&mut one)
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    t: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<serde_json::Value>,
+}
+
+fn probe(obj: &str) -> Result<(String, Option<u64>), DecodeError> {
+    let p: Probe<'_> = serde_json::from_str(obj).map_err(|e| {
+        let msg = if e.is_data() {
+            format!("a frame must be a JSON object: {e}")
+        } else {
+            format!("invalid JSON: {e}")
+        };
+        DecodeError::new(None, ErrorCode::BadFrame, msg)
+    })?;
+    let seq = p.seq.as_ref().and_then(serde_json::Value::as_u64);
+    match p.t {
+        Some(t) => Ok((t.into_owned(), seq)),
+        None => Err(DecodeError::new(
+            seq,
+            ErrorCode::BadFrame,
+            "missing field `t` (the frame type)",
+        )),
+    }
+}
+
+fn parse<T: DeserializeOwned>(obj: &str, t: &str, seq: Option<u64>) -> Result<T, DecodeError> {
+    serde_json::from_str(obj)
+        .map_err(|e| DecodeError::new(seq, ErrorCode::BadFrame, format!("bad `{t}` frame: {e}")))
+}
+
+fn check_seq(seq: u64) -> Result<(), DecodeError> {
+    if seq == 0 {
+        return Err(DecodeError::new(
+            Some(0),
+            ErrorCode::BadFrame,
+            "`seq` starts at 1 and increases by request",
+        ));
+    }
+    Ok(())
+}
+
+fn bad_target(seq: Option<u64>, e: NameError) -> DecodeError {
+    DecodeError::new(seq, ErrorCode::BadTarget, e.to_string())
+}
+
+#[derive(Deserialize)]
+struct PubIn {
+    seq: u64,
+    to: String,
+    body: Option<Body>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    receipt: bool,
+}
+
+const CLIENT_TYPES: &str = "hello, pub, sub, unsub, ack, ping, pong, bye";
+
+fn decode_client_object(obj: &str, limits: &Limits) -> Decoded {
+    let (t, seq) = probe(obj)?;
+    match t.as_str() {
+        "hello" => {
+            let h: Hello = parse(obj, "hello", seq)?;
+            if let Some(d) = &h.device {
+                validate_name("device", d)
+                    .map_err(|e| DecodeError::new(None, ErrorCode::BadFrame, e.to_string()))?;
+            }
+            if let Some(u) = &h.uid {
+                validate_name("uid", u)
+                    .map_err(|e| DecodeError::new(None, ErrorCode::BadFrame, e.to_string()))?;
+            }
+            Ok(ClientFrame::Hello(h))
+        }
+        "pub" => {
+            let p: PubIn = parse(obj, "pub", seq)?;
+            let seq = Some(p.seq);
+            check_seq(p.seq)?;
+            let to = Target::parse(&p.to).map_err(|e| bad_target(seq, e))?;
+            let body = p.body.ok_or_else(|| {
+                DecodeError::new(seq, ErrorCode::BadFrame, "bad `pub` frame: missing field `body`")
+            })?;
+            let len = body.get().len();
+            if len > limits.max_body_bytes {
+                return Err(DecodeError::new(
+                    seq,
+                    ErrorCode::TooLarge,
+                    format!(
+                        "body is {len} bytes; limits.max_body_bytes is {}",
+                        limits.max_body_bytes
+                    ),
+                ));
+            }
+            if let Some(id) = &p.id {
+                if id.is_empty() || id.len() > MAX_ID_LEN {
+                    return Err(DecodeError::new(
+                        seq,
+                        ErrorCode::BadFrame,
+                        format!("`id` must be 1-{MAX_ID_LEN} bytes, got {}", id.len()),
+                    ));
+                }
+            }
+            Ok(ClientFrame::Pub(Pub {
+                seq: p.seq,
+                to,
+                body,
+                id: p.id,
+                receipt: p.receipt,
+            }))
+        }
+        "sub" => {
+            let s: Sub = parse(obj, "sub", seq)?;
+            check_seq(s.seq)?;
+            validate_name("channel", &s.chan).map_err(|e| bad_target(Some(s.seq), e))?;
+            Ok(ClientFrame::Sub(s))
+        }
+        "unsub" => {
+            let u: Unsub = parse(obj, "unsub", seq)?;
+            check_seq(u.seq)?;
+            validate_name("channel", &u.chan).map_err(|e| bad_target(Some(u.seq), e))?;
+            Ok(ClientFrame::Unsub(u))
+        }
+        "ack" => {
+            let a: Ack = parse(obj, "ack", seq)?;
+            ClientStream::parse(&a.s).map_err(|e| bad_target(None, e))?;
+            Ok(ClientFrame::Ack(a))
+        }
+        "ping" => Ok(ClientFrame::Ping),
+        "pong" => Ok(ClientFrame::Pong),
+        "bye" => Ok(ClientFrame::Bye),
+        other => Err(DecodeError::new(
+            seq,
+            ErrorCode::UnknownType,
+            format!(
+                "unknown frame type {:?}; expected one of {CLIENT_TYPES}",
+                other.chars().take(64).collect::<String>()
+            ),
+        )),
+    }
+}
+
+fn decode_server_object(obj: &str) -> Result<ServerFrame, DecodeError> {
+    let (t, seq) = probe(obj)?;
+    Ok(match t.as_str() {
+        "welcome" => ServerFrame::Welcome(Box::new(parse(obj, "welcome", seq)?)),
+        "ok" => ServerFrame::Ok(parse(obj, "ok", seq)?),
+        "err" => ServerFrame::Err(parse(obj, "err", seq)?),
+        "msg" => ServerFrame::Msg(parse(obj, "msg", seq)?),
+        "gap" => ServerFrame::Gap(parse(obj, "gap", seq)?),
+        "evicted" => ServerFrame::Evicted(parse(obj, "evicted", seq)?),
+        "ping" => ServerFrame::Ping,
+        "pong" => ServerFrame::Pong,
+        other => {
+            return Err(DecodeError::new(
+                seq,
+                ErrorCode::UnknownType,
+                format!("unknown server frame type {other:?}"),
+            ))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn one(text: &str) -> Decoded {
+        let mut v = decode_frame(text, &Limits::default());
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.remove(0)
+    }
+
+    #[test]
+    fn decodes_each_client_type() {
+        assert!(matches!(
+            one(r#"{"t":"hello","v":1,"uid":"alice","device":"p1"}"#),
+            Ok(ClientFrame::Hello(h)) if h.uid.as_deref() == Some("alice")
+        ));
+        match one(r#"{"t":"pub","seq":3,"to":"user:bob","body":{"text":"hi"},"id":"k1"}"#) {
+            Ok(ClientFrame::Pub(p)) => {
+                assert_eq!(p.seq, 3);
+                assert_eq!(p.to, Target::User("bob".into()));
+                assert_eq!(p.body.get(), r#"{"text":"hi"}"#);
+                assert_eq!(p.id.as_deref(), Some("k1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            one(r#"{"t":"sub","seq":4,"chan":"room1","from":10}"#),
+            Ok(ClientFrame::Sub(Sub { seq: 4, from: Some(10), .. }))
+        ));
+        assert!(matches!(one(r#"{"t":"unsub","seq":5,"chan":"room1"}"#), Ok(ClientFrame::Unsub(_))));
+        assert!(matches!(one(r#"{"t":"ack","s":"inbox","o":7}"#), Ok(ClientFrame::Ack(_))));
+        assert_eq!(one(r#"{"t":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(one(r#"{"t":"pong"}"#), Ok(ClientFrame::Pong));
+        assert_eq!(one(r#"{"t":"bye"}"#), Ok(ClientFrame::Bye));
+    }
+
+    #[test]
+    fn errors_are_specific_and_carry_seq() {
+        let e = one(r#"{"t":"pub","seq":9,"to":"bob","body":1}"#).unwrap_err();
+        assert_eq!((e.seq, e.code), (Some(9), ErrorCode::BadTarget));
+        let e = one(r#"{"t":"pub","seq":9,"to":"user:bob"}"#).unwrap_err();
+        assert_eq!((e.seq, e.code), (Some(9), ErrorCode::BadFrame));
+        assert!(e.msg.contains("body"), "{}", e.msg);
+        let e = one(r#"{"t":"nope","seq":2}"#).unwrap_err();
+        assert_eq!((e.seq, e.code), (Some(2), ErrorCode::UnknownType));
+        let e = one(r#"{"seq":2}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame);
+        let e = one("{not json").unwrap_err();
+        assert_eq!((e.seq, e.code), (None, ErrorCode::BadFrame));
+        let e = one("[1,2]").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame);
+        let e = one(r#"{"t":"sub","seq":0,"chan":"a"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame);
+        let e = one(r#"{"t":"sub","seq":1,"chan":"a b"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadTarget);
+    }
+
+    #[test]
+    fn body_limit() {
+        let limits = Limits { max_body_bytes: 10 };
+        let v = decode_frame(r#"{"t":"pub","seq":1,"to":"chan:a","body":"0123456789"}"#, &limits);
+        let e = v[0].clone().unwrap_err();
+        assert_eq!((e.seq, e.code), (Some(1), ErrorCode::TooLarge));
+    }
+
+    #[test]
+    fn batches_decode_each_object() {
+        let v = decode_frame(
+            "{\"t\":\"ping\"}\n{bad\n\n{\"t\":\"ack\",\"s\":\"inbox\",\"o\":1}\n",
+            &Limits::default(),
+        );
+        assert_eq!(v.len(), 3);
+        assert!(v[0].is_ok() && v[1].is_err() && v[2].is_ok());
+        let pretty = "{\n  \"t\": \"ping\"\n}";
+        assert_eq!(decode_frame(pretty, &Limits::default()), vec![Ok(ClientFrame::Ping)]);
+    }
+
+    #[test]
+    fn client_encode_round_trips() {
+        let frames = [
+            r#"{"t":"pub","seq":1,"to":"chan:x","body":{"a":[1,2]},"id":"z","receipt":true}"#,
+            r#"{"t":"sub","seq":2,"chan":"x","from":4}"#,
+            r#"{"t":"ack","s":"chan:x","o":4}"#,
+            r#"{"t":"hello","v":1,"uid":"u","resume":{"session":"s","key":"k"}}"#,
+        ];
+        for f in frames {
+            let d = one(f).unwrap();
+            assert_eq!(d.encode(), f);
+        }
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let text = r#"{"t":"gap","s":"chan:a","from":1,"to":4,"reason":"retention"}
+{"t":"evicted","reason":"replaced","by":{"conn":"c2","addr":"127.0.0.1:5"}}"#;
+        let v = decode_server_frame(text);
+        assert_eq!(v.len(), 2);
+        let encoded: Vec<String> = v.into_iter().map(|f| f.unwrap().encode()).collect();
+        assert_eq!(encoded.join("\n"), text);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in ".{0,300}") {
+            let _ = decode_frame(&s, &Limits::default());
+            let _ = decode_server_frame(&s);
+        }
+
+        #[test]
+        fn never_panics_on_json_like(s in r#"[\{\}\[\]":,tseqobdyp0-9a-z \n\\]{0,120}"#) {
+            let _ = decode_frame(&s, &Limits::default());
+        }
+    }
+}

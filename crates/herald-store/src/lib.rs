@@ -1,0 +1,104 @@
+//! herald storage: the [`Store`] trait and its backends.
+//!
+//! The store owns everything that must survive a crash: messages and their per-stream offsets,
+//! device inbox cursors, sessions (so they resume after a restart), idempotency keys, delivery
+//! records and the event feed. It owns no delivery logic: the engine decides what to write and
+//! when; the store makes it durable and says so only once it is.
+//!
+//! Offsets are assigned by the store at append time, per stream, contiguous from 1 and never
+//! reused — not even after a failed commit (a failed batch gives its offsets back before anyone
+//! saw them) or after retention trimmed everything.
+
+pub mod error;
+pub mod model;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use error::StoreError;
+pub use model::*;
+
+/// Receives committed messages, in commit order, right after each durable commit.
+///
+/// Called on the store's writer thread: implementations must be quick and never block
+/// (update an in-memory tail, wake subscribers). This is the seam live fan-out hangs on;
+/// a multi-node backend would publish here too.
+pub trait CommitListener: Send + Sync + 'static {
+    fn committed(&self, messages: &[Arc<StoredMessage>]);
+}
+
+/// Durable storage for one herald node (or a cluster sharing a backend).
+///
+/// Every write method resolves only after its effect is durable under the configured
+/// durability; an `Err` means nothing of that call became durable (see [`StoreError`]).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Appends one message: assigns the next offset of `msg.stream`, records the idempotency
+    /// key and the sender session's `seq` in the same commit. A known idempotency key
+    /// (same `from`, within the dedupe window) stores nothing and returns the original.
+    async fn append(&self, msg: NewMessage) -> Result<AppendOutcome, StoreError>;
+
+    /// Up to `limit` retained messages of `stream` with offset > `after`, in offset order.
+    async fn read(
+        &self,
+        stream: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredMessage>>, StoreError>;
+
+    /// The offsets currently held by `stream` (an unknown stream is empty at 0).
+    async fn bounds(&self, stream: &str) -> Result<StreamBounds, StoreError>;
+
+    /// One message by id, if still retained.
+    async fn message(&self, id: &str) -> Result<Option<Arc<StoredMessage>>, StoreError>;
+
+    /// Messages matching `q`, oldest first.
+    async fn search(&self, q: &SearchQuery) -> Result<Vec<Arc<StoredMessage>>, StoreError>;
+
+    /// Creates or replaces a session record. `acked_seq` never moves backwards.
+    async fn put_session(&self, rec: SessionRecord) -> Result<(), StoreError>;
+
+    /// Every session not yet purged (including closed ones kept as tombstones).
+    async fn load_sessions(&self) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Removes a session record for good.
+    async fn delete_session(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Moves the inbox cursor of (uid, device) forward to `offset` (never backwards) and marks
+    /// that device's deliveries up to `offset` acknowledged at `ts`. Creates the device if new.
+    async fn set_cursor(&self, uid: &str, device: &str, offset: u64, ts: u64)
+        -> Result<(), StoreError>;
+
+    /// The inbox cursor of (uid, device); `None` for a device never seen.
+    async fn cursor(&self, uid: &str, device: &str) -> Result<Option<u64>, StoreError>;
+
+    /// All known devices of `uid` with their cursors.
+    async fn devices(&self, uid: &str) -> Result<Vec<DeviceCursor>, StoreError>;
+
+    /// Records that inbox message `d.offset` was sent to a device (one row per message and
+    /// device; a resend bumps `attempts`).
+    async fn record_sent(&self, d: SentRecord) -> Result<(), StoreError>;
+
+    /// The delivery rows of one message.
+    async fn deliveries(&self, msg_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
+
+    /// Appends to the event feed (evictions, resume failures, gaps, kicks).
+    async fn append_event(&self, e: NewEvent) -> Result<Event, StoreError>;
+
+    /// Recent events, newest last.
+    async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// Applies retention at time `now_ms`; returns the streams whose oldest offset moved.
+    async fn trim(&self, now_ms: u64, policy: &Retention) -> Result<Vec<Trimmed>, StoreError>;
+
+    /// Resolves once every write submitted before it is durable.
+    async fn barrier(&self) -> Result<(), StoreError>;
+
+    /// `Err` with a reason while the store cannot make writes durable (for `/readyz`).
+    fn health(&self) -> Result<(), String>;
+
+    /// Flushes and closes; later calls fail with [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError>;
+}

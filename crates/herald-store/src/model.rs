@@ -1,0 +1,231 @@
+//! The records a store keeps. Plain data: no behaviour beyond small helpers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+pub use herald_protocol::Body;
+
+/// The stream key of a user's inbox (`inbox:<uid>`). Names cannot contain `:`, so keys are
+/// unambiguous.
+pub fn inbox_key(uid: &str) -> String {
+    format!("inbox:{uid}")
+}
+
+/// The stream key of a channel (`chan:<name>`), which is also its wire name.
+pub fn chan_key(chan: &str) -> String {
+    format!("chan:{chan}")
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Stream key: `inbox:<uid>` or `chan:<name>`.
+    pub stream: String,
+    /// Server-assigned message id (`m_…`), unique across streams.
+    pub id: String,
+    /// Sender uid (`$herald` for receipts, the API caller's `from` for HTTP publishes).
+    pub from: String,
+    /// Acceptance time, ms since the Unix epoch.
+    pub ts: u64,
+    /// The body, raw JSON, stored byte for byte.
+    pub body: Body,
+    /// The sender asked for receipts.
+    pub receipt: bool,
+    /// Idempotency key, scoped to `from`.
+    pub idem: Option<String>,
+    /// The sender session and request `seq`, recorded as processed in the same commit.
+    pub session_seq: Option<(String, u64)>,
+}
+
+/// A stored message. Shared (`Arc`) between the tail cache and every delivery of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub stream: String,
+    pub offset: u64,
+    pub id: String,
+    pub from: String,
+    pub ts: u64,
+    pub body: Body,
+    pub receipt: bool,
+}
+
+/// What `append` did.
+#[derive(Debug, Clone)]
+pub enum AppendOutcome {
+    /// Stored now, at a new offset.
+    Stored(std::sync::Arc<StoredMessage>),
+    /// The idempotency key was known: nothing was stored; this is the original.
+    Duplicate { id: String, stream: String, offset: u64 },
+}
+
+/// The offsets a stream holds: `first..=last`; empty when `first > last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StreamBounds {
+    /// Oldest retained offset (`last + 1` when everything was trimmed or nothing stored).
+    pub first: u64,
+    /// Newest offset ever assigned (0 for a stream never written).
+    pub last: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Connected,
+    Disconnected,
+    Closed,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Connected => "connected",
+            SessionState::Disconnected => "disconnected",
+            SessionState::Closed => "closed",
+        }
+    }
+}
+
+/// A session as persisted, so it resumes after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    /// The resume secret.
+    pub key: String,
+    pub uid: String,
+    pub device: String,
+    pub created_ms: u64,
+    /// Last frame received, or the disconnect time once disconnected.
+    pub last_seen_ms: u64,
+    /// Highest client `seq` processed.
+    pub acked_seq: u64,
+    pub reconnect_timeout_ms: u64,
+    pub state: SessionState,
+    /// Why a closed session ended: `expired`, `bye`, or an eviction reason.
+    pub closed_reason: Option<String>,
+    /// When closed, who closed it (for `evicted.by` on a late resume).
+    pub closed_by: Option<String>,
+    /// Channel name → acknowledged offset.
+    pub subs: BTreeMap<String, u64>,
+}
+
+/// A device's durable inbox position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCursor {
+    pub uid: String,
+    pub device: String,
+    /// Highest inbox offset acknowledged.
+    pub offset: u64,
+    /// When the cursor last moved (or the device was first seen).
+    pub updated_ms: u64,
+}
+
+/// An inbox message was written to a device's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRecord {
+    pub msg_id: String,
+    pub stream: String,
+    pub offset: u64,
+    pub uid: String,
+    pub device: String,
+    pub session: String,
+    pub ts: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Sent,
+    Acked,
+}
+
+/// One message's delivery to one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub msg_id: String,
+    pub uid: String,
+    pub device: String,
+    /// The session that last sent it.
+    pub session: String,
+    pub state: DeliveryState,
+    pub first_sent_ms: u64,
+    pub last_sent_ms: u64,
+    /// How many times it was written to a connection (more than 1 = redelivered).
+    pub attempts: u32,
+    pub acked_ms: Option<u64>,
+}
+
+/// An event for the feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub ts: u64,
+    /// `eviction`, `resume_failed`, `gap`, `kick`, …
+    pub kind: String,
+    pub uid: Option<String>,
+    pub device: Option<String>,
+    pub session: Option<String>,
+    pub conn: Option<String>,
+    /// Event-specific details (reason, by, range …).
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing id (a cursor for followers).
+    pub id: u64,
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    pub kind: Option<String>,
+    pub uid: Option<String>,
+    pub since_ms: Option<u64>,
+    /// Only events with id greater than this.
+    pub after_id: Option<u64>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchQuery {
+    pub stream: Option<String>,
+    pub from_uid: Option<String>,
+    /// Only offsets greater than this (with `stream`).
+    pub after: Option<u64>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub limit: usize,
+}
+
+/// Retention settings, all in milliseconds or counts; 0 disables a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub channel_max_messages: u64,
+    pub channel_max_age_ms: u64,
+    pub inbox_max_age_ms: u64,
+    /// Idempotency keys older than this are forgotten.
+    pub dedupe_window_ms: u64,
+    /// Events and closed-session tombstones older than this are purged.
+    pub tombstone_ms: u64,
+}
+
+/// A stream whose oldest retained offset moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trimmed {
+    pub stream: String,
+    /// New oldest retained offset (`last + 1` if the stream is now empty).
+    pub first: u64,
+    pub removed: u64,
+}
+
+/// How writes are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Each commit is fsynced before it is acknowledged: survives power loss.
+    #[default]
+    Fsync,
+    /// Committed to the OS page cache: survives a process crash, not a power loss.
+    Os,
+}

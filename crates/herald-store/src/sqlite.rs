@@ -1,0 +1,1 @@
+//! SQLite backend (placeholder until the backend lands).

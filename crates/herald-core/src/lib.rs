@@ -1,6 +1,24 @@
 //! herald engine: identity, sessions, streams, cursors and delivery. No sockets.
+//!
+//! A transport authenticates a connection, calls [`Engine::open`] with its `hello`, then feeds
+//! frames to [`Attached::handle`] and writes what [`Attached::next`] yields. Storage comes in
+//! through [`herald_store::Store`]; wall time through [`Clock`].
 pub mod auth;
+pub mod clock;
 pub mod config;
+pub mod conn;
+pub mod engine;
+pub mod identity;
+pub mod ids;
+pub mod metrics;
+pub mod session;
+pub mod streams;
 
 pub use auth::{ChannelGrants, Identity};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{EngineConfig, IdentityPolicy, NewDeviceStart};
+pub use conn::{Attached, Output};
+pub use engine::{Engine, OpenError, Peer, Published, PublishError, SessionInfo, Trace};
+pub use metrics::Metrics;
+pub use session::Control;
+pub use streams::Streams;

@@ -12,7 +12,7 @@ pub mod names;
 pub use codes::{close, ErrorCode};
 pub use decode::{decode_frame, DecodeError, Decoded, Limits};
 pub use frames::*;
-pub use names::{NameError, Pattern, Target};
+pub use names::{ClientStream, NameError, Pattern, Target};
 
 /// The protocol version this crate speaks (`hello.v`).
 pub const PROTOCOL_VERSION: u32 = 1;

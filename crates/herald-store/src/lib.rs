@@ -13,6 +13,8 @@ pub mod error;
 pub mod model;
 pub mod sqlite;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -33,12 +35,19 @@ pub trait CommitListener: Send + Sync + 'static {
 ///
 /// Every write method resolves only after its effect is durable under the configured
 /// durability; an `Err` means nothing of that call became durable (see [`StoreError`]).
+/// The result of an append, resolved once it is durable (or known not to be).
+pub type AppendFuture = Pin<Box<dyn Future<Output = Result<AppendOutcome, StoreError>> + Send>>;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Appends one message: assigns the next offset of `msg.stream`, records the idempotency
     /// key and the sender session's `seq` in the same commit. A known idempotency key
     /// (same `from`, within the dedupe window) stores nothing and returns the original.
-    async fn append(&self, msg: NewMessage) -> Result<AppendOutcome, StoreError>;
+    ///
+    /// Eager: the append is queued when this method is *called*, not when the future is
+    /// polled, and appends are applied in call order. The engine relies on this so that a
+    /// session's recorded `seq` can never cover an earlier request that was not stored.
+    fn append(&self, msg: NewMessage) -> AppendFuture;
 
     /// Up to `limit` retained messages of `stream` with offset > `after`, in offset order.
     async fn read(

@@ -1,0 +1,1066 @@
+//! The engine: who is connected as whom (identity registry), which sessions exist and in what
+//! state, and the operations that cross sessions (evict, kick, publish from the API, trace,
+//! expiry, shutdown). Per-connection protocol handling lives in [`crate::conn`].
+//!
+//! Lock order, everywhere: `registry` before any session's `inner`. No lock is held across an
+//! `.await`. Opens and kicks for one uid are serialized by a per-uid async lock, so identity
+//! decisions never race.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use herald_protocol::{
+    Body, ErrorCode, EvictReason, Evicted, EvictedBy, Hello, ResumeError, ServerFrame, Target,
+};
+use herald_store::{
+    chan_key, inbox_key, AppendOutcome, DeliveryState, Event, NewEvent, NewMessage, SessionRecord,
+    SessionState, Store, StoreError, StoredMessage,
+};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{info, warn};
+
+use crate::auth::Identity;
+use crate::clock::Clock;
+use crate::config::{EngineConfig, NewDeviceStart};
+use crate::conn::Attached;
+use crate::identity::{admit, Admission, Candidate};
+use crate::ids;
+use crate::metrics::Metrics;
+use crate::session::{ConnSlot, Control, SessionShared, Tombstone};
+use crate::streams::{client_name, Streams};
+
+/// How long a resume waits for the replaced connection's in-flight requests to finish.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// The sender name of server-generated messages (receipts).
+pub const SYSTEM_SENDER: &str = "$herald";
+
+/// The remote end of a connection, for logs and `evicted.by`.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub addr: String,
+}
+
+/// Why a connection could not be opened. Each maps to the frames and close code the client
+/// must see ([`OpenError::answer`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("uid {uid} already has a connected session (identity.policy = reject_new)")]
+    IdentityInUse { uid: String },
+    #[error("session was evicted: {}", .0.reason.as_str())]
+    Evicted(Evicted),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl OpenError {
+    /// Frames to send, then the close code and reason.
+    pub fn answer(&self) -> (Vec<String>, u16, &'static str) {
+        use herald_protocol::close;
+        match self {
+            OpenError::IdentityInUse { .. } => (
+                vec![ServerFrame::err(None, ErrorCode::IdentityInUse, self.to_string()).encode()],
+                close::IDENTITY_IN_USE,
+                "identity in use",
+            ),
+            OpenError::Evicted(e) => (
+                vec![ServerFrame::Evicted(e.clone()).encode()],
+                close::EVICTED,
+                "evicted",
+            ),
+            OpenError::Store(e) => (
+                vec![ServerFrame::err(None, ErrorCode::Unavailable, e.to_string()).encode()],
+                1011,
+                "storage unavailable",
+            ),
+            OpenError::ShuttingDown => (vec![], close::GOING_AWAY, "server shutting down"),
+        }
+    }
+}
+
+/// Why a publish from the HTTP API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A stored (or deduplicated) publish.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub id: String,
+    /// Stream key (`inbox:<uid>` or `chan:<name>`).
+    pub s: String,
+    pub o: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dup: bool,
+    /// For user targets: the recipient's connected sessions when it was stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<u32>,
+}
+
+/// A session as the HTTP API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub uid: String,
+    pub device: String,
+    pub state: &'static str,
+    pub conn: Option<String>,
+    pub addr: Option<String>,
+    pub created_ms: u64,
+    pub last_seen_ms: u64,
+    pub acked_seq: u64,
+    pub reconnect_timeout_ms: u64,
+    pub subs: BTreeMap<String, u64>,
+}
+
+/// A message and what became of it, per recipient.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub message: MessageView,
+    /// Counts by state (`pending`, `sent`, `acked`).
+    pub summary: BTreeMap<&'static str, u64>,
+    pub recipients: Vec<RecipientView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    pub id: String,
+    pub s: String,
+    pub o: u64,
+    pub from: String,
+    pub ts: u64,
+    pub body: Body,
+    pub receipt: bool,
+}
+
+impl MessageView {
+    pub fn of(m: &StoredMessage) -> MessageView {
+        MessageView {
+            id: m.id.clone(),
+            s: m.stream.clone(),
+            o: m.offset,
+            from: m.from.clone(),
+            ts: m.ts,
+            body: m.body.clone(),
+            receipt: m.receipt,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipientView {
+    pub uid: String,
+    pub device: String,
+    pub session: Option<String>,
+    pub state: DeliveryState,
+    pub sent_ms: Option<u64>,
+    pub attempts: u32,
+    pub acked_ms: Option<u64>,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    /// Sessions not closed.
+    pub(crate) sessions: HashMap<String, Arc<SessionShared>>,
+    /// uid → device → session id.
+    pub(crate) by_uid: HashMap<String, HashMap<String, String>>,
+    /// Closed sessions, kept for `tombstone_ms` so late resumes learn why.
+    pub(crate) tombstones: HashMap<String, Tombstone>,
+}
+
+impl Registry {
+    fn remove(&mut self, s: &SessionShared) {
+        self.sessions.remove(&s.id);
+        if let Some(devs) = self.by_uid.get_mut(&s.uid) {
+            if devs.get(&s.device) == Some(&s.id) {
+                devs.remove(&s.device);
+            }
+            if devs.is_empty() {
+                self.by_uid.remove(&s.uid);
+            }
+        }
+    }
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) cfg: EngineConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) streams: Arc<Streams>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) registry: Mutex<Registry>,
+    uid_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) metrics: Metrics,
+    events: broadcast::Sender<Event>,
+    shutting_down: AtomicBool,
+    next_watcher: AtomicU64,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+enum ResumeLookup {
+    Found(Arc<SessionShared>),
+    Evicted(Evicted),
+    Failed(ResumeError),
+}
+
+impl Engine {
+    /// Starts the engine on an opened store, restoring persisted sessions. Sessions that were
+    /// connected when the previous process died become disconnected now, with a full
+    /// reconnect window from this start.
+    pub async fn start(
+        cfg: EngineConfig,
+        store: Arc<dyn Store>,
+        streams: Arc<Streams>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, StoreError> {
+        let now = clock.now_ms();
+        let mut reg = Registry::default();
+        let mut restored = 0usize;
+        for rec in store.load_sessions().await? {
+            if rec.state == SessionState::Closed {
+                reg.tombstones.insert(
+                    rec.id.clone(),
+                    Tombstone {
+                        uid: rec.uid.clone(),
+                        key: rec.key.clone(),
+                        reason: rec.closed_reason.clone().unwrap_or_else(|| "expired".into()),
+                        by_conn: rec.closed_by.clone(),
+                        at_ms: rec.last_seen_ms,
+                    },
+                );
+                continue;
+            }
+            let mut rec = rec;
+            rec.state = SessionState::Disconnected;
+            rec.last_seen_ms = rec.last_seen_ms.max(now);
+            let s = Arc::new(SessionShared::from_record(&rec));
+            reg.by_uid
+                .entry(rec.uid.clone())
+                .or_default()
+                .insert(rec.device.clone(), rec.id.clone());
+            reg.sessions.insert(rec.id.clone(), s);
+            restored += 1;
+        }
+        info!(restored, tombstones = reg.tombstones.len(), "sessions restored");
+        let (events, _) = broadcast::channel(1024);
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                cfg,
+                store,
+                streams,
+                clock,
+                registry: Mutex::new(reg),
+                uid_locks: Mutex::new(HashMap::new()),
+                metrics: Metrics::default(),
+                events,
+                shutting_down: AtomicBool::new(false),
+                next_watcher: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Live feed of recorded events (evictions, resume failures, gaps, kicks).
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// `Err(reason)` while the store cannot make writes durable.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        self.inner.store.health()
+    }
+
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn uid_lock(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut g = self
+            .inner
+            .uid_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        g.retain(|_, l| Arc::strong_count(l) > 1);
+        g.entry(uid.to_string()).or_default().clone()
+    }
+
+    pub(crate) fn next_watcher(&self) -> u64 {
+        self.inner.next_watcher.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records an event in the durable feed and broadcasts it (never blocks the caller).
+    pub(crate) fn record_event(
+        &self,
+        kind: &str,
+        uid: Option<&str>,
+        device: Option<&str>,
+        session: Option<&str>,
+        conn: Option<&str>,
+        data: serde_json::Value,
+    ) {
+        let e = NewEvent {
+            ts: self.now_ms(),
+            kind: kind.to_string(),
+            uid: uid.map(str::to_string),
+            device: device.map(str::to_string),
+            session: session.map(str::to_string),
+            conn: conn.map(str::to_string),
+            data,
+        };
+        let store = self.inner.store.clone();
+        let tx = self.inner.events.clone();
+        tokio::spawn(async move {
+            match store.append_event(e).await {
+                Ok(ev) => {
+                    let _ = tx.send(ev);
+                }
+                Err(err) => warn!(%err, "event could not be recorded"),
+            }
+        });
+    }
+
+    /// Number of connected sessions of `uid`.
+    pub fn online(&self, uid: &str) -> u32 {
+        let reg = self.registry();
+        reg.by_uid.get(uid).map_or(0, |devs| {
+            devs.values()
+                .filter_map(|id| reg.sessions.get(id))
+                .filter(|s| s.lock().conn.is_some())
+                .count() as u32
+        })
+    }
+
+    /// Opens a connection: resumes the session named in `hello.resume` if it may, or makes a
+    /// new one under the identity policy. `identity` was verified by the caller.
+    pub async fn open(
+        &self,
+        hello: &Hello,
+        identity: Identity,
+        peer: Peer,
+    ) -> Result<Attached, OpenError> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(OpenError::ShuttingDown);
+        }
+        let uid = identity.uid.clone();
+        let lock = self.uid_lock(&uid);
+        let _serial = lock.lock().await;
+        let now = self.now_ms();
+        let server_rt = self.inner.cfg.reconnect_timeout_ms;
+        let rt = hello
+            .reconnect_timeout_ms
+            .map_or(server_rt, |c| c.min(server_rt));
+        let conn_id = ids::conn_id();
+        let mut resume_error = None;
+        if let Some(r) = &hello.resume {
+            match self.lookup_resume(&r.session, &r.key, &uid, now) {
+                ResumeLookup::Found(s) => {
+                    self.inner.metrics.resume("resumed");
+                    return self
+                        .attach(s, identity, peer, conn_id, true, None, rt)
+                        .await;
+                }
+                ResumeLookup::Evicted(ev) => {
+                    self.inner.metrics.resume("evicted");
+                    warn!(uid = %uid, session = %r.session, conn = %conn_id, addr = %peer.addr,
+                        reason = ev.reason.as_str(), "resume refused: session was evicted");
+                    self.record_event(
+                        "resume_failed",
+                        Some(&uid),
+                        hello.device.as_deref(),
+                        Some(&r.session),
+                        Some(&conn_id),
+                        serde_json::json!({"reason": "evicted", "evicted": ev.reason.as_str(), "addr": peer.addr}),
+                    );
+                    return Err(OpenError::Evicted(ev));
+                }
+                ResumeLookup::Failed(e) => {
+                    self.inner.metrics.resume(e.as_str());
+                    warn!(uid = %uid, session = %r.session, conn = %conn_id, addr = %peer.addr,
+                        reason = e.as_str(), "resume failed; starting a new session");
+                    self.record_event(
+                        "resume_failed",
+                        Some(&uid),
+                        hello.device.as_deref(),
+                        Some(&r.session),
+                        Some(&conn_id),
+                        serde_json::json!({"reason": e.as_str(), "addr": peer.addr}),
+                    );
+                    resume_error = Some(e);
+                }
+            }
+        }
+
+        let device = identity
+            .device
+            .clone()
+            .or_else(|| hello.device.clone())
+            .unwrap_or_else(ids::device_id);
+
+        // Identity policy.
+        let decision = {
+            let reg = self.registry();
+            let candidates: Vec<Candidate> = reg
+                .by_uid
+                .get(&uid)
+                .map(|devs| {
+                    devs.values()
+                        .filter_map(|id| reg.sessions.get(id))
+                        .map(|s| {
+                            let g = s.lock();
+                            Candidate {
+                                session: s.id.clone(),
+                                device: s.device.clone(),
+                                connected: g.conn.is_some(),
+                                last_active_ms: g.last_seen_ms,
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            admit(
+                self.inner.cfg.identity_policy,
+                self.inner.cfg.max_devices,
+                &candidates,
+                &device,
+            )
+        };
+        match decision {
+            Admission::Reject { holder } => {
+                warn!(uid = %uid, device = %device, conn = %conn_id, addr = %peer.addr,
+                    holder = %holder, "login refused: uid in use (identity.policy = reject_new)");
+                self.record_event(
+                    "identity_rejected",
+                    Some(&uid),
+                    Some(&device),
+                    Some(&holder),
+                    Some(&conn_id),
+                    serde_json::json!({"addr": peer.addr}),
+                );
+                return Err(OpenError::IdentityInUse { uid });
+            }
+            Admission::Admit { evict } => {
+                let by = EvictedBy {
+                    conn: Some(conn_id.clone()),
+                    addr: Some(peer.addr.clone()),
+                };
+                for (sid, reason) in evict {
+                    self.evict(&sid, reason, by.clone());
+                }
+            }
+        }
+
+        // The device's inbox position: where it left off, or where a new device starts.
+        let inbox = inbox_key(&uid);
+        if self.inner.store.cursor(&uid, &device).await?.is_none() {
+            let b = self.inner.store.bounds(&inbox).await?;
+            let start = match self.inner.cfg.new_device_start {
+                NewDeviceStart::Oldest => b.first.saturating_sub(1),
+                NewDeviceStart::Latest => b.last,
+            };
+            self.inner
+                .store
+                .set_cursor(&uid, &device, start, now)
+                .await?;
+        }
+        let rec = SessionRecord {
+            id: ids::session_id(),
+            key: ids::session_key(),
+            uid: uid.clone(),
+            device: device.clone(),
+            created_ms: now,
+            last_seen_ms: now,
+            acked_seq: 0,
+            reconnect_timeout_ms: rt,
+            state: SessionState::Connected,
+            closed_reason: None,
+            closed_by: None,
+            subs: BTreeMap::new(),
+        };
+        self.inner.store.put_session(rec.clone()).await?;
+        let s = Arc::new(SessionShared::from_record(&rec));
+        {
+            let mut reg = self.registry();
+            reg.by_uid
+                .entry(uid.clone())
+                .or_default()
+                .insert(device.clone(), rec.id.clone());
+            reg.sessions.insert(rec.id.clone(), s.clone());
+        }
+        self.attach(s, identity, peer, conn_id, false, resume_error, rt)
+            .await
+    }
+
+    fn lookup_resume(&self, id: &str, key: &str, uid: &str, now: u64) -> ResumeLookup {
+        let found = {
+            let reg = self.registry();
+            if let Some(s) = reg.sessions.get(id) {
+                Some(s.clone())
+            } else if let Some(t) = reg.tombstones.get(id) {
+                if t.uid != uid {
+                    return ResumeLookup::Failed(ResumeError::Unknown);
+                }
+                if t.key != key {
+                    return ResumeLookup::Failed(ResumeError::BadKey);
+                }
+                return match t.reason.as_str() {
+                    "replaced" => evicted(EvictReason::Replaced, t),
+                    "kicked" => evicted(EvictReason::Kicked, t),
+                    "device_limit" => evicted(EvictReason::DeviceLimit, t),
+                    _ => ResumeLookup::Failed(ResumeError::Expired),
+                };
+            } else {
+                None
+            }
+        };
+        let Some(s) = found else {
+            return ResumeLookup::Failed(ResumeError::Unknown);
+        };
+        if s.uid != uid {
+            return ResumeLookup::Failed(ResumeError::Unknown);
+        }
+        if s.key != key {
+            return ResumeLookup::Failed(ResumeError::BadKey);
+        }
+        let expired = {
+            let g = s.lock();
+            g.state == SessionState::Disconnected
+                && now.saturating_sub(g.last_seen_ms) >= g.reconnect_timeout_ms
+        };
+        if expired {
+            self.close(&s, "expired", None);
+            return ResumeLookup::Failed(ResumeError::Expired);
+        }
+        ResumeLookup::Found(s)
+    }
+
+    /// Attaches a connection to `s`, taking it over from any connection it had.
+    #[allow(clippy::too_many_arguments)]
+    async fn attach(
+        &self,
+        s: Arc<SessionShared>,
+        identity: Identity,
+        peer: Peer,
+        conn_id: String,
+        resumed: bool,
+        resume_error: Option<ResumeError>,
+        rt: u64,
+    ) -> Result<Attached, OpenError> {
+        let now = self.now_ms();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (generation, old) = {
+            let mut g = s.lock();
+            g.generation += 1;
+            let generation = g.generation;
+            let old = g.conn.replace(ConnSlot {
+                conn_id: conn_id.clone(),
+                addr: peer.addr.clone(),
+                control: ctl_tx,
+            });
+            g.state = SessionState::Connected;
+            g.last_seen_ms = now;
+            g.reconnect_timeout_ms = rt;
+            (generation, old)
+        };
+        if let Some(old) = old {
+            let by = EvictedBy {
+                conn: Some(conn_id.clone()),
+                addr: Some(peer.addr.clone()),
+            };
+            self.announce_eviction(&s, &old.conn_id, &old.addr, EvictReason::ResumedElsewhere, &by);
+            let _ = old.control.send(Control::Evict(Evicted {
+                reason: EvictReason::ResumedElsewhere,
+                by,
+            }));
+        }
+        // Requests the previous connection handed in must be answered (and counted in
+        // `acked_seq`) before the client is told what to resend.
+        if tokio::time::timeout(TAKEOVER_WAIT, s.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!(session = %s.id, "previous connection's requests still pending after takeover wait");
+        }
+        let cursor = self
+            .inner
+            .store
+            .cursor(&s.uid, &s.device)
+            .await?
+            .unwrap_or(0);
+        self.persist(&s).await;
+        let attached = Attached::new(
+            self.clone(),
+            s.clone(),
+            conn_id.clone(),
+            generation,
+            identity.grants,
+            cursor,
+            ctl_rx,
+            resumed,
+            resume_error,
+        )
+        .await?;
+        self.inner.metrics.connections.inc();
+        info!(uid = %s.uid, device = %s.device, session = %s.id, conn = %conn_id,
+            addr = %peer.addr, resumed, "connected");
+        Ok(attached)
+    }
+
+    /// Closes session `id` with an eviction `reason`, telling its connection if it has one.
+    /// Returns false if no such open session exists.
+    pub(crate) fn evict(&self, id: &str, reason: EvictReason, by: EvictedBy) -> bool {
+        let s = {
+            let reg = self.registry();
+            match reg.sessions.get(id) {
+                Some(s) => s.clone(),
+                None => return false,
+            }
+        };
+        let slot = s.lock().conn.take();
+        let (conn, addr) = slot
+            .as_ref()
+            .map(|c| (c.conn_id.clone(), c.addr.clone()))
+            .unwrap_or_default();
+        self.announce_eviction(&s, &conn, &addr, reason, &by);
+        self.close(&s, reason.as_str(), by.conn.clone());
+        if let Some(slot) = slot {
+            let _ = slot.control.send(Control::Evict(Evicted { reason, by }));
+        }
+        true
+    }
+
+    fn announce_eviction(
+        &self,
+        s: &SessionShared,
+        conn: &str,
+        addr: &str,
+        reason: EvictReason,
+        by: &EvictedBy,
+    ) {
+        warn!(uid = %s.uid, device = %s.device, session = %s.id, conn = %conn, addr = %addr,
+            reason = reason.as_str(), by_conn = ?by.conn, by_addr = ?by.addr, "session evicted");
+        self.inner.metrics.eviction(reason.as_str());
+        self.record_event(
+            "eviction",
+            Some(&s.uid),
+            Some(&s.device),
+            Some(&s.id),
+            (!conn.is_empty()).then_some(conn),
+            serde_json::json!({"reason": reason.as_str(), "addr": addr, "by": by}),
+        );
+    }
+
+    /// Marks `s` closed, moves it to the tombstones and persists that.
+    pub(crate) fn close(&self, s: &Arc<SessionShared>, reason: &str, by: Option<String>) {
+        let now = self.now_ms();
+        {
+            let mut reg = self.registry();
+            {
+                let mut g = s.lock();
+                g.state = SessionState::Closed;
+                g.closed_reason = Some(reason.to_string());
+                g.closed_by = by.clone();
+                g.last_seen_ms = now;
+            }
+            reg.remove(s);
+            reg.tombstones.insert(
+                s.id.clone(),
+                Tombstone {
+                    uid: s.uid.clone(),
+                    key: s.key.clone(),
+                    reason: reason.to_string(),
+                    by_conn: by,
+                    at_ms: now,
+                },
+            );
+        }
+        self.persist_later(s.clone());
+    }
+
+    /// Writes the session's current state (the newest snapshot always wins).
+    pub(crate) async fn persist_checked(&self, s: &SessionShared) -> Result<(), StoreError> {
+        let _serial = s.persist.lock().await;
+        let rec = {
+            let mut g = s.lock();
+            g.dirty = false;
+            s.record_locked(&g)
+        };
+        let r = self.inner.store.put_session(rec).await;
+        if r.is_err() {
+            s.lock().dirty = true;
+        }
+        r
+    }
+
+    pub(crate) async fn persist(&self, s: &SessionShared) {
+        if let Err(err) = self.persist_checked(s).await {
+            warn!(session = %s.id, %err, "session state could not be persisted");
+        }
+    }
+
+    pub(crate) fn persist_later(&self, s: Arc<SessionShared>) {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.persist(&s).await });
+    }
+
+    /// A connection ended. `bye` ends the session; otherwise it waits for a resume.
+    pub(crate) fn detached(&self, s: &Arc<SessionShared>, generation: u64, bye: bool) {
+        self.inner.metrics.connections.dec();
+        let now = self.now_ms();
+        let (owned, rt, closed) = {
+            let mut g = s.lock();
+            let owned = g.generation == generation && g.conn.is_some();
+            if owned {
+                g.conn = None;
+                if g.state == SessionState::Connected {
+                    g.state = SessionState::Disconnected;
+                    g.last_seen_ms = now;
+                }
+            }
+            (owned, g.reconnect_timeout_ms, g.state == SessionState::Closed)
+        };
+        if !owned || closed {
+            return;
+        }
+        if bye {
+            info!(uid = %s.uid, device = %s.device, session = %s.id, "session ended by bye");
+            self.close(s, "bye", None);
+        } else if rt == 0 {
+            self.close(s, "expired", None);
+        } else {
+            self.persist_later(s.clone());
+        }
+    }
+
+    /// Stores a message from the HTTP API (or the server itself).
+    pub async fn publish(
+        &self,
+        from: &str,
+        to: &Target,
+        body: Body,
+        idem: Option<String>,
+    ) -> Result<Published, PublishError> {
+        let (stream, user) = match to {
+            Target::User(u) => (inbox_key(u), Some(u.as_str())),
+            Target::Chan(c) => (chan_key(c), None),
+        };
+        let now = self.now_ms();
+        let msg = NewMessage {
+            stream,
+            id: ids::message_id(now),
+            from: from.to_string(),
+            ts: now,
+            body,
+            receipt: false,
+            idem,
+            session_seq: None,
+        };
+        let out = self.inner.store.append(msg).await;
+        let out = self.count_append(out)?;
+        Ok(self.published(out, user))
+    }
+
+    pub(crate) fn count_append(
+        &self,
+        r: Result<AppendOutcome, StoreError>,
+    ) -> Result<AppendOutcome, StoreError> {
+        match &r {
+            Ok(AppendOutcome::Stored(_)) => self.inner.metrics.publishes.inc(),
+            Ok(AppendOutcome::Duplicate { .. }) => self.inner.metrics.publish_duplicates.inc(),
+            Err(_) => self.inner.metrics.store_failures.inc(),
+        };
+        r
+    }
+
+    pub(crate) fn published(&self, out: AppendOutcome, user: Option<&str>) -> Published {
+        let online = user.map(|u| self.online(u));
+        match out {
+            AppendOutcome::Stored(m) => Published {
+                id: m.id.clone(),
+                s: m.stream.clone(),
+                o: m.offset,
+                dup: false,
+                online,
+            },
+            AppendOutcome::Duplicate { id, stream, offset } => Published {
+                id,
+                s: stream,
+                o: offset,
+                dup: true,
+                online,
+            },
+        }
+    }
+
+    /// Sessions (optionally of one uid), connected and disconnected.
+    pub fn sessions(&self, uid: Option<&str>) -> Vec<SessionInfo> {
+        let reg = self.registry();
+        let mut out: Vec<SessionInfo> = reg
+            .sessions
+            .values()
+            .filter(|s| uid.is_none_or(|u| s.uid == u))
+            .map(|s| {
+                let g = s.lock();
+                SessionInfo {
+                    id: s.id.clone(),
+                    uid: s.uid.clone(),
+                    device: s.device.clone(),
+                    state: g.state.as_str(),
+                    conn: g.conn.as_ref().map(|c| c.conn_id.clone()),
+                    addr: g.conn.as_ref().map(|c| c.addr.clone()),
+                    created_ms: s.created_ms,
+                    last_seen_ms: g.last_seen_ms,
+                    acked_seq: g.acked_seq,
+                    reconnect_timeout_ms: g.reconnect_timeout_ms,
+                    subs: g.subs.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.uid, &a.device, a.created_ms).cmp(&(&b.uid, &b.device, b.created_ms)));
+        out
+    }
+
+    /// Ends a session from the API: its connection gets `evicted` `kicked`. False if unknown.
+    pub async fn kick(&self, id: &str, by_addr: &str) -> bool {
+        let uid = {
+            let reg = self.registry();
+            match reg.sessions.get(id) {
+                Some(s) => s.uid.clone(),
+                None => return false,
+            }
+        };
+        let lock = self.uid_lock(&uid);
+        let _serial = lock.lock().await;
+        let by = EvictedBy {
+            conn: None,
+            addr: Some(by_addr.to_string()),
+        };
+        let done = self.evict(id, EvictReason::Kicked, by);
+        if done {
+            self.record_event(
+                "kick",
+                Some(&uid),
+                None,
+                Some(id),
+                None,
+                serde_json::json!({"by": by_addr}),
+            );
+        }
+        done
+    }
+
+    /// A message by id and what became of it per recipient device (inbox messages) or per
+    /// subscribed session (channel messages).
+    pub async fn trace(&self, msg_id: &str) -> Result<Option<Trace>, StoreError> {
+        let Some(m) = self.inner.store.message(msg_id).await? else {
+            return Ok(None);
+        };
+        let mut recipients = Vec::new();
+        if let Some(uid) = m.stream.strip_prefix("inbox:") {
+            let rows = self.inner.store.deliveries(msg_id).await?;
+            for d in self.inner.store.devices(uid).await? {
+                let row = rows.iter().find(|r| r.device == d.device);
+                let state = if d.offset >= m.offset {
+                    DeliveryState::Acked
+                } else if row.is_some() {
+                    DeliveryState::Sent
+                } else {
+                    DeliveryState::Pending
+                };
+                recipients.push(RecipientView {
+                    uid: uid.to_string(),
+                    device: d.device.clone(),
+                    session: row.map(|r| r.session.clone()),
+                    state,
+                    sent_ms: row.map(|r| r.first_sent_ms),
+                    attempts: row.map_or(0, |r| r.attempts),
+                    acked_ms: row
+                        .and_then(|r| r.acked_ms)
+                        .or((state == DeliveryState::Acked).then_some(d.updated_ms)),
+                });
+            }
+        } else if let Some(chan) = m.stream.strip_prefix("chan:") {
+            let reg = self.registry();
+            for s in reg.sessions.values() {
+                let g = s.lock();
+                let Some(&acked) = g.subs.get(chan) else {
+                    continue;
+                };
+                let sent = g.sent_high.get(&m.stream).copied().unwrap_or(0);
+                let state = if acked >= m.offset {
+                    DeliveryState::Acked
+                } else if sent >= m.offset {
+                    DeliveryState::Sent
+                } else {
+                    DeliveryState::Pending
+                };
+                recipients.push(RecipientView {
+                    uid: s.uid.clone(),
+                    device: s.device.clone(),
+                    session: Some(s.id.clone()),
+                    state,
+                    sent_ms: None,
+                    attempts: 0,
+                    acked_ms: None,
+                });
+            }
+        }
+        let mut summary = BTreeMap::from([("pending", 0), ("sent", 0), ("acked", 0)]);
+        for r in &recipients {
+            let k = match r.state {
+                DeliveryState::Pending => "pending",
+                DeliveryState::Sent => "sent",
+                DeliveryState::Acked => "acked",
+            };
+            *summary.entry(k).or_default() += 1;
+        }
+        Ok(Some(Trace {
+            message: MessageView::of(&m),
+            summary,
+            recipients,
+        }))
+    }
+
+    /// Periodic upkeep: expire sessions past their reconnect window, persist moved channel
+    /// positions, refresh gauges, and (when `trim`) apply retention.
+    pub async fn tick(&self, trim: bool) {
+        let now = self.now_ms();
+        let (expired, dirty, connected, disconnected) = {
+            let mut reg = self.registry();
+            let tomb_ms = self.inner.cfg.retention.tombstone_ms;
+            reg.tombstones
+                .retain(|_, t| tomb_ms == 0 || now.saturating_sub(t.at_ms) < tomb_ms);
+            let mut expired = Vec::new();
+            let mut dirty = Vec::new();
+            let (mut c, mut d) = (0i64, 0i64);
+            for s in reg.sessions.values() {
+                let g = s.lock();
+                match g.state {
+                    SessionState::Connected => c += 1,
+                    SessionState::Disconnected => {
+                        d += 1;
+                        if now.saturating_sub(g.last_seen_ms) >= g.reconnect_timeout_ms {
+                            expired.push(s.clone());
+                        }
+                    }
+                    SessionState::Closed => {}
+                }
+                if g.dirty {
+                    dirty.push(s.clone());
+                }
+            }
+            (expired, dirty, c, d)
+        };
+        self.inner.metrics.sessions_connected.set(connected);
+        self.inner.metrics.sessions_disconnected.set(disconnected);
+        for s in expired {
+            info!(uid = %s.uid, device = %s.device, session = %s.id, "session expired (reconnect window passed)");
+            self.close(&s, "expired", None);
+        }
+        for s in dirty {
+            self.persist(&s).await;
+        }
+        if trim {
+            match self.inner.store.trim(now, &self.inner.cfg.retention).await {
+                Ok(t) if !t.is_empty() => {
+                    let removed: u64 = t.iter().map(|t| t.removed).sum();
+                    info!(streams = t.len(), removed, "retention trimmed messages");
+                }
+                Ok(_) => {}
+                Err(err) => warn!(%err, "retention trim failed"),
+            }
+        }
+    }
+
+    /// Stops accepting connections and tells every attached connection to close (1001). The
+    /// sessions stay resumable.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let reg = self.registry();
+        for s in reg.sessions.values() {
+            if let Some(c) = &s.lock().conn {
+                let _ = c.control.send(Control::Shutdown);
+            }
+        }
+    }
+
+    /// Persists every session and closes the store. Call after connections drained.
+    pub async fn close_store(&self) -> Result<(), StoreError> {
+        let all: Vec<Arc<SessionShared>> = self.registry().sessions.values().cloned().collect();
+        for s in all {
+            {
+                let mut g = s.lock();
+                if g.state == SessionState::Connected {
+                    g.state = SessionState::Disconnected;
+                    g.last_seen_ms = self.now_ms();
+                }
+            }
+            self.persist(&s).await;
+        }
+        self.inner.store.close().await
+    }
+
+    pub(crate) fn streams(&self) -> &Arc<Streams> {
+        &self.inner.streams
+    }
+
+    /// Ensures `key` is watched and its newest offset known; returns that offset.
+    pub(crate) async fn watch(
+        &self,
+        key: &str,
+        watcher: u64,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Result<u64, StoreError> {
+        if self.inner.streams.watch(key, watcher, wake) {
+            let b = self.inner.store.bounds(key).await?;
+            self.inner.streams.loaded(key, b.last);
+        }
+        Ok(self.inner.streams.last(key).unwrap_or(0))
+    }
+
+    /// The client-visible name of a stream key.
+    pub fn client_stream(key: &str) -> &str {
+        client_name(key)
+    }
+}
+
+fn evicted(reason: EvictReason, t: &Tombstone) -> ResumeLookup {
+    ResumeLookup::Evicted(Evicted {
+        reason,
+        by: EvictedBy {
+            conn: t.by_conn.clone(),
+            addr: None,
+        },
+    })
+}

@@ -1,0 +1,326 @@
+//! HTTP API for backends and operators: publish, message trace and search, stream history,
+//! sessions and kicks, the event feed, metrics and health.
+//!
+//! Every error is `{"error":{"code":…,"msg":…}}` with a fitting status; request bodies are
+//! parsed here (not by an extractor) so malformed JSON gets the same shape.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_protocol::names::validate_name;
+use herald_protocol::{Body, ErrorCode, Target};
+use herald_store::{EventQuery, SearchQuery, StoreError};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::App;
+
+/// Most items one list call returns.
+pub(crate) const MAX_LIMIT: usize = 1000;
+const DEFAULT_LIMIT: usize = 100;
+/// Sender name of HTTP publishes that give no `from`.
+pub(crate) const API_SENDER: &str = "$api";
+
+/// An API error: a stable code, a message for humans, and the HTTP status.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    msg: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, msg: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    fn bad(code: ErrorCode, msg: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, msg)
+    }
+
+    fn not_found(msg: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, msg)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            e.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "msg": self.msg}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Requires `Authorization: Bearer <api key>` (any request in dev mode).
+pub(crate) async fn require_api_key(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match app.auth.check_api_key(header) {
+        Ok(()) => next.run(req).await,
+        Err(e) => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
+            .into_response(),
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::BadFrame,
+                format!("content-type must be application/json, got {ct}"),
+            ));
+        }
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(ErrorCode::BadFrame, format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct PublishReq {
+    to: String,
+    body: Option<Body>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// `POST /v1/publish`
+pub(crate) async fn publish(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> ApiResult {
+    let req: PublishReq = parse_json(&headers, &raw)?;
+    let to = Target::parse(&req.to).map_err(|e| ApiError::bad(ErrorCode::BadTarget, e.to_string()))?;
+    let body = req
+        .body
+        .ok_or_else(|| ApiError::bad(ErrorCode::BadFrame, "missing field `body`"))?;
+    let max = app.cfg.limits.max_body_bytes as usize;
+    if body.get().len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!("body is {} bytes; limits.max_body_bytes is {max}", body.get().len()),
+        ));
+    }
+    if let Some(id) = &req.id {
+        if id.is_empty() || id.len() > herald_protocol::decode::MAX_ID_LEN {
+            return Err(ApiError::bad(ErrorCode::BadFrame, "`id` must be 1-256 bytes"));
+        }
+    }
+    let from = match req.from {
+        Some(f) => {
+            validate_name("from", &f).map_err(|e| ApiError::bad(ErrorCode::BadFrame, e.to_string()))?;
+            f
+        }
+        None => API_SENDER.to_string(),
+    };
+    let p = app
+        .engine
+        .publish(&from, &to, body, req.id)
+        .await
+        .map_err(|e| match e {
+            herald_core::PublishError::Store(s) => ApiError::from(s),
+        })?;
+    Ok(Json(p).into_response())
+}
+
+/// `GET /v1/messages/{id}`: the message and its delivery trace.
+pub(crate) async fn message(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    match app.engine.trace(&id).await? {
+        Some(t) => Ok(Json(t).into_response()),
+        None => Err(ApiError::not_found(format!(
+            "no message {id} (never stored, or trimmed by retention)"
+        ))),
+    }
+}
+
+/// Accepts `chan:x`, `inbox:u` and `user:u` (the inbox of u).
+fn stream_key(s: &str) -> Result<String, ApiError> {
+    let bad = |e: herald_protocol::NameError| ApiError::bad(ErrorCode::BadTarget, e.to_string());
+    if let Some(u) = s.strip_prefix("inbox:").or_else(|| s.strip_prefix("user:")) {
+        validate_name("uid", u).map_err(bad)?;
+        Ok(herald_store::inbox_key(u))
+    } else if let Some(c) = s.strip_prefix("chan:") {
+        validate_name("channel", c).map_err(bad)?;
+        Ok(herald_store::chan_key(c))
+    } else {
+        Err(ApiError::bad(
+            ErrorCode::BadTarget,
+            format!("stream {s:?} must be chan:<name>, inbox:<uid> or user:<uid>"),
+        ))
+    }
+}
+
+fn num(q: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
+    match q.get(key) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            ApiError::bad(ErrorCode::BadFrame, format!("`{key}` must be a non-negative integer, got {v:?}"))
+        }),
+    }
+}
+
+fn limit(q: &HashMap<String, String>) -> Result<usize, ApiError> {
+    let l = num(q, "limit")?.map_or(DEFAULT_LIMIT, |l| l as usize);
+    if l == 0 || l > MAX_LIMIT {
+        return Err(ApiError::bad(
+            ErrorCode::BadFrame,
+            format!("`limit` must be 1-{MAX_LIMIT}"),
+        ));
+    }
+    Ok(l)
+}
+
+/// `GET /v1/messages?s=&from=&after=&since=&until=&limit=`: search, oldest first.
+pub(crate) async fn search(
+    State(app): State<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let query = SearchQuery {
+        stream: q.get("s").map(|s| stream_key(s)).transpose()?,
+        from_uid: q.get("from").cloned(),
+        after: num(&q, "after")?,
+        since_ms: num(&q, "since")?,
+        until_ms: num(&q, "until")?,
+        limit: limit(&q)?,
+    };
+    let items = app.engine.store().search(&query).await?;
+    let items: Vec<_> = items
+        .iter()
+        .map(|m| herald_core::engine::MessageView::of(m))
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// `GET /v1/streams/{s}?after=N&limit=`: history.
+pub(crate) async fn stream(
+    State(app): State<Arc<App>>,
+    Path(s): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let key = stream_key(&s)?;
+    let after = num(&q, "after")?.unwrap_or(0);
+    let store = app.engine.store();
+    let items = store.read(&key, after, limit(&q)?).await?;
+    let b = store.bounds(&key).await?;
+    let items: Vec<_> = items
+        .iter()
+        .map(|m| herald_core::engine::MessageView::of(m))
+        .collect();
+    Ok(Json(json!({ "s": key, "first": b.first, "last": b.last, "items": items })).into_response())
+}
+
+/// `GET /v1/sessions?uid=`
+pub(crate) async fn sessions(
+    State(app): State<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let items = app.engine.sessions(q.get("uid").map(String::as_str));
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// `DELETE /v1/sessions/{id}`: kick (`evicted` `kicked`).
+pub(crate) async fn kick(
+    State(app): State<Arc<App>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    if app.engine.kick(&id, &format!("api:{addr}")).await {
+        Ok(Json(json!({ "kicked": id })).into_response())
+    } else {
+        Err(ApiError::not_found(format!("no open session {id}")))
+    }
+}
+
+/// `GET /v1/events?type=&uid=&since=&after=&limit=`
+pub(crate) async fn events(
+    State(app): State<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let query = EventQuery {
+        kind: q.get("type").cloned(),
+        uid: q.get("uid").cloned(),
+        since_ms: num(&q, "since")?,
+        after_id: num(&q, "after")?,
+        limit: limit(&q)?,
+    };
+    let items = app.engine.store().events(&query).await?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// `GET /healthz`: the process is up.
+pub(crate) async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: the store can make writes durable.
+pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.engine.ready() {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &app.registry) {
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("metrics encoding failed: {e}"),
+        )
+        .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Any other path.
+pub(crate) async fn not_found() -> Response {
+    ApiError::not_found("no such endpoint; see docs/protocol.md for the HTTP API").into_response()
+}

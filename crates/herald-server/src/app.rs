@@ -1,0 +1,154 @@
+//! Assembles the server: store, engine, routes, upkeep, and the shutdown sequence
+//! (signal → stop accepting and close connections with 1001 → drain within the grace period →
+//! persist sessions and close the store).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use herald_core::{Engine, Streams, SystemClock};
+use herald_store::sqlite::{SqliteConfig, SqliteStore};
+use herald_store::Store;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::api;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::shutdown::{self, ShutdownSignal, Tracker};
+use crate::transport::ws;
+
+/// File name of the embedded database inside the data directory.
+pub(crate) const DB_FILE: &str = "herald.db";
+/// How often sessions are expired and positions persisted.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Everything a request handler can reach.
+pub(crate) struct App {
+    pub(crate) engine: Engine,
+    pub(crate) auth: Authenticator,
+    pub(crate) cfg: Config,
+    pub(crate) registry: Registry,
+    pub(crate) tracker: Tracker,
+    pub(crate) shutdown: ShutdownSignal,
+}
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    let body_limit = (app.cfg.limits.max_body_bytes as usize).saturating_add(64 * 1024);
+    let api = Router::new()
+        .route("/v1/publish", post(api::publish))
+        .route("/v1/messages", get(api::search))
+        .route("/v1/messages/{id}", get(api::message))
+        .route("/v1/streams/{s}", get(api::stream))
+        .route("/v1/sessions", get(api::sessions))
+        .route("/v1/sessions/{id}", delete(api::kick))
+        .route("/v1/events", get(api::events))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            api::require_api_key,
+        ));
+    Router::new()
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/metrics", get(api::metrics))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .merge(api)
+        .fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+/// Runs the server until SIGINT/SIGTERM, then shuts down gracefully.
+pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let data_dir = cfg.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let engine_cfg = cfg.engine_config();
+    let streams = Streams::new(engine_cfg.tail_cache_messages);
+    let mut store_cfg = SqliteConfig::new(data_dir.join(DB_FILE));
+    store_cfg.durability = cfg.storage.durability;
+    store_cfg.max_batch = cfg.storage.max_batch;
+    store_cfg.max_db_bytes = (cfg.storage.max_db_bytes > 0).then_some(cfg.storage.max_db_bytes);
+    let store = SqliteStore::open(store_cfg, streams.clone())
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let engine = Engine::start(engine_cfg, store, streams, Arc::new(SystemClock))
+        .await
+        .context("cannot load sessions from the store")?;
+    let mut registry = Registry::default();
+    engine.metrics().register(&mut registry);
+    let auth = Authenticator::new(&cfg.auth, cfg.server.dev).context("invalid [auth] settings")?;
+
+    let listener = TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let local = listener.local_addr()?;
+    let (stop_tx, stop_rx) = shutdown::channel();
+    let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
+    let trim_every = cfg.retention.trim_interval_ms;
+    let app = Arc::new(App {
+        engine: engine.clone(),
+        auth,
+        cfg,
+        registry,
+        tracker: Tracker::default(),
+        shutdown: stop_rx.clone(),
+    });
+    if app.cfg.server.dev {
+        warn!("DEV MODE: clients may connect with a bare uid and no token, and the HTTP API needs no key. Never expose this server.");
+    }
+    info!(addr = %local, data_dir = %data_dir.display(), durability = ?app.cfg.storage.durability,
+        identity_policy = ?app.cfg.identity.policy, "herald listening");
+    // A stable line on stdout for scripts and tests that start the server on port 0.
+    println!("herald listening on http://{local}");
+
+    let upkeep = {
+        let engine = engine.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            let mut last_trim = 0u64;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stop.wait() => return,
+                }
+                let now = engine.now_ms();
+                let trim = trim_every > 0 && now.saturating_sub(last_trim) >= trim_every;
+                if trim {
+                    last_trim = now;
+                }
+                engine.tick(trim).await;
+            }
+        })
+    };
+
+    let signal_engine = engine.clone();
+    axum::serve(
+        listener,
+        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown::os_signal().await;
+        info!("shutdown: signal received; closing connections (sessions stay resumable)");
+        let _ = stop_tx.send(true);
+        signal_engine.begin_shutdown();
+    })
+    .await
+    .context("server failed")?;
+
+    let left = app.tracker.drain(grace).await;
+    if left > 0 {
+        warn!(left, grace_ms = grace.as_millis() as u64, "shutdown: connections still open after the grace period");
+    }
+    let _ = upkeep.await;
+    engine.close_store().await.context("closing the store")?;
+    info!("shutdown complete");
+    Ok(())
+}

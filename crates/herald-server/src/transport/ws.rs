@@ -1,0 +1,378 @@
+//! WebSocket transport at `/v1/ws`: hello and authentication, then a loop that moves frames
+//! between the socket and the engine's [`Attached`] connection, with heartbeats.
+//!
+//! One task reads (and owns the engine side), one task writes, connected by a bounded queue
+//! (`limits.send_queue_frames`). A client that stops reading fills the queue; the reader then
+//! waits at most the heartbeat grace before declaring the connection dead, so a stalled peer
+//! never holds a task forever. Frames queued for writing are batched into one WebSocket frame
+//! (newline-separated) up to `limits.max_frame_bytes`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use herald_core::{Attached, Output, Peer};
+use herald_protocol::{close, decode_frame, ClientFrame, ErrorCode, Limits, ServerFrame};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tracing::{debug, info, warn};
+
+use crate::app::App;
+
+/// Extra silence tolerated beyond `heartbeat_ms` before a peer is declared dead.
+pub(crate) const HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
+/// How long the writer gets to flush the last frames and the close frame.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Most queued frames joined into one WebSocket frame.
+const WRITE_BATCH: usize = 1024;
+
+enum Out {
+    Frames(Vec<String>),
+    Close(u16, String),
+}
+
+pub(crate) async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<Arc<App>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> Response {
+    let max = app.cfg.limits.max_frame_bytes as usize;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(app.cfg.limits.read_buffer_bytes as usize)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
+        .on_failed_upgrade(move |e| warn!(addr = %addr, err = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            let _guard = app.tracker.track();
+            serve(socket, app.clone(), addr).await;
+        })
+}
+
+async fn serve(socket: WebSocket, app: Arc<App>, addr: SocketAddr) {
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel::<Out>(app.cfg.limits.send_queue_frames.max(1));
+    let writer = tokio::spawn(write_loop(sink, rx, app.cfg.limits.max_frame_bytes as usize));
+    let peer = Peer {
+        addr: addr.to_string(),
+    };
+    match handshake(&app, &mut stream, &tx, peer).await {
+        Some((attached, rest)) => run(&app, attached, rest, &mut stream, &tx).await,
+        None => {}
+    }
+    drop(tx);
+    if timeout(CLOSE_FLUSH, writer).await.is_err() {
+        debug!(addr = %addr, "writer did not flush before close");
+    }
+}
+
+/// Reads the first frame, authenticates and opens the session. On failure the right error
+/// frame and close code are queued and `None` is returned.
+async fn handshake(
+    app: &Arc<App>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    tx: &mpsc::Sender<Out>,
+    peer: Peer,
+) -> Option<(Attached, Vec<ClientFrame>)> {
+    let hello_timeout = Duration::from_millis(app.cfg.session.hello_timeout_ms);
+    let mut shutdown = app.shutdown.clone();
+    let first = tokio::select! {
+        r = timeout(hello_timeout, stream.next()) => r,
+        _ = shutdown.wait() => {
+            let _ = tx.send(Out::Close(close::GOING_AWAY, "server shutting down".into())).await;
+            return None;
+        }
+    };
+    let text = match first {
+        Err(_) => {
+            info!(addr = %peer.addr, "no hello in time; closing");
+            fail(tx, None, close::HELLO_TIMEOUT, format!(
+                "no hello within {} ms (session.hello_timeout_ms)",
+                hello_timeout.as_millis()
+            ))
+            .await;
+            return None;
+        }
+        Ok(None) | Ok(Some(Err(_))) => return None,
+        Ok(Some(Ok(Message::Text(t)))) => t,
+        Ok(Some(Ok(Message::Close(_)))) => return None,
+        Ok(Some(Ok(_))) => {
+            fail(
+                tx,
+                Some(ErrorCode::BadFrame),
+                close::PROTOCOL_ERROR,
+                "the first frame must be a JSON text frame with {\"t\":\"hello\"}".into(),
+            )
+            .await;
+            return None;
+        }
+    };
+    let limits = Limits {
+        max_body_bytes: app.cfg.limits.max_body_bytes as usize,
+    };
+    let mut frames = decode_frame(text.as_str(), &limits).into_iter();
+    let hello = match frames.next() {
+        Some(Ok(ClientFrame::Hello(h))) => h,
+        Some(Err(e)) => {
+            fail(tx, Some(e.code), close::PROTOCOL_ERROR, format!("bad hello: {}", e.msg)).await;
+            return None;
+        }
+        _ => {
+            fail(
+                tx,
+                Some(ErrorCode::BadFrame),
+                close::PROTOCOL_ERROR,
+                "the first frame must be hello".into(),
+            )
+            .await;
+            return None;
+        }
+    };
+    if hello.v != herald_protocol::PROTOCOL_VERSION {
+        fail(
+            tx,
+            Some(ErrorCode::BadFrame),
+            close::PROTOCOL_ERROR,
+            format!("protocol version {} is not supported; this server speaks v1", hello.v),
+        )
+        .await;
+        return None;
+    }
+    let identity = match app.auth.authenticate(&hello) {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(addr = %peer.addr, err = %e, "authentication failed");
+            fail(tx, Some(ErrorCode::Unauthorized), close::AUTH_FAILED, e.to_string()).await;
+            return None;
+        }
+    };
+    let addr = peer.addr.clone();
+    let attached = match app.engine.open(&hello, identity, peer).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(addr = %addr, err = %e, "connection refused");
+            let (frames, code, reason) = e.answer();
+            let _ = tx.send(Out::Frames(frames)).await;
+            let _ = tx.send(Out::Close(code, reason.into())).await;
+            return None;
+        }
+    };
+    let welcome = ServerFrame::Welcome(Box::new(attached.welcome().clone())).encode();
+    let _ = tx.send(Out::Frames(vec![welcome])).await;
+    // Anything batched after the hello is handled as usual; errors are answered.
+    let mut rest = Vec::new();
+    let mut errors = Vec::new();
+    for f in frames {
+        match f {
+            Ok(f) => rest.push(f),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut attached = attached;
+    for e in errors {
+        if let Some(out) = attached.handle_decode_error(e) {
+            if let Output::Close { frames, code, reason } = out {
+                let _ = tx.send(Out::Frames(frames)).await;
+                let _ = tx.send(Out::Close(code, reason)).await;
+            }
+            return None;
+        }
+    }
+    Some((attached, rest))
+}
+
+async fn fail(tx: &mpsc::Sender<Out>, code: Option<ErrorCode>, close_code: u16, msg: String) {
+    if let Some(code) = code {
+        let _ = tx
+            .send(Out::Frames(vec![ServerFrame::err(None, code, msg.clone()).encode()]))
+            .await;
+    }
+    let _ = tx.send(Out::Close(close_code, msg)).await;
+}
+
+/// The connected loop.
+async fn run(
+    app: &Arc<App>,
+    mut attached: Attached,
+    first: Vec<ClientFrame>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    tx: &mpsc::Sender<Out>,
+) {
+    let heartbeat = Duration::from_millis(app.cfg.session.heartbeat_ms);
+    let dead_after = heartbeat + HEARTBEAT_GRACE;
+    let limits = Limits {
+        max_body_bytes: app.cfg.limits.max_body_bytes as usize,
+    };
+    let (uid, session, conn) = (
+        attached.uid().to_string(),
+        attached.session_id().to_string(),
+        attached.conn_id().to_string(),
+    );
+    let mut last_rx = Instant::now();
+    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let mut close: Option<(u16, String)> = None;
+    for f in first {
+        if let Some(out) = attached.handle(f).await {
+            close = Some(finish(tx, out).await);
+            break;
+        }
+    }
+    while close.is_none() {
+        tokio::select! {
+            incoming = stream.next() => {
+                last_rx = Instant::now();
+                match incoming {
+                    Some(Ok(Message::Text(t))) => {
+                        for f in decode_frame(t.as_str(), &limits) {
+                            let out = match f {
+                                Ok(f) => attached.handle(f).await,
+                                Err(e) => attached.handle_decode_error(e),
+                            };
+                            if let Some(out) = out {
+                                close = Some(finish(tx, out).await);
+                                break;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = herald_protocol::DecodeError {
+                            seq: None,
+                            code: ErrorCode::BadFrame,
+                            msg: "binary frames are not supported: send JSON text frames".into(),
+                        };
+                        if let Some(out) = attached.handle_decode_error(e) {
+                            close = Some(finish(tx, out).await);
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => {
+                        close = Some((1000, "closed by client".into()));
+                    }
+                    Some(Err(e)) => {
+                        let msg = e.to_string();
+                        if is_too_large(&msg) {
+                            let reason = format!(
+                                "frame larger than limits.max_frame_bytes ({})",
+                                app.cfg.limits.max_frame_bytes
+                            );
+                            let _ = tx.send(Out::Frames(vec![ServerFrame::err(None, ErrorCode::TooLarge, reason.clone()).encode()])).await;
+                            let _ = tx.send(Out::Close(close::FRAME_TOO_LARGE, reason.clone())).await;
+                            close = Some((close::FRAME_TOO_LARGE, reason));
+                        } else {
+                            close = Some((1006, format!("transport error: {msg}")));
+                        }
+                    }
+                }
+            }
+            out = attached.next() => {
+                match out {
+                    Output::Frames(f) => {
+                        if timeout(dead_after, tx.send(Out::Frames(f))).await.is_err() {
+                            close = Some((close::HEARTBEAT_TIMEOUT, "client is not reading (send queue full)".into()));
+                        }
+                    }
+                    out @ Output::Close { .. } => close = Some(finish(tx, out).await),
+                }
+            }
+            _ = ping.tick() => {
+                if last_rx.elapsed() >= dead_after {
+                    let reason = format!("no frame for {} ms (heartbeat_ms + grace)", dead_after.as_millis());
+                    let _ = tx.try_send(Out::Close(close::HEARTBEAT_TIMEOUT, reason.clone()));
+                    close = Some((close::HEARTBEAT_TIMEOUT, reason));
+                } else {
+                    let _ = tx.try_send(Out::Frames(vec![ServerFrame::Ping.encode()]));
+                }
+            }
+        }
+    }
+    let (code, reason) = close.unwrap_or((1000, String::new()));
+    info!(uid = %uid, session = %session, conn = %conn, code, reason = %reason, "disconnected");
+    drop(attached);
+}
+
+/// Queues the final frames and the close; returns the close for logging.
+async fn finish(tx: &mpsc::Sender<Out>, out: Output) -> (u16, String) {
+    match out {
+        Output::Frames(f) => {
+            let _ = tx.send(Out::Frames(f)).await;
+            (1000, String::new())
+        }
+        Output::Close {
+            frames,
+            code,
+            reason,
+        } => {
+            if !frames.is_empty() {
+                let _ = timeout(CLOSE_FLUSH, tx.send(Out::Frames(frames))).await;
+            }
+            let _ = timeout(CLOSE_FLUSH, tx.send(Out::Close(code, reason.clone()))).await;
+            (code, reason)
+        }
+    }
+}
+
+fn is_too_large(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("too long") || m.contains("too big") || m.contains("space limit")
+}
+
+/// Writes queued frames, batching what is already queued into one text frame.
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Out>,
+    max_frame: usize,
+) {
+    let mut backlog: VecDeque<String> = VecDeque::new();
+    let mut close: Option<(u16, String)> = None;
+    loop {
+        if backlog.is_empty() && close.is_none() {
+            match rx.recv().await {
+                Some(Out::Frames(f)) => backlog.extend(f),
+                Some(Out::Close(c, r)) => close = Some((c, r)),
+                None => break,
+            }
+        }
+        while close.is_none() && backlog.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(Out::Frames(f)) => backlog.extend(f),
+                Ok(Out::Close(c, r)) => close = Some((c, r)),
+                Err(_) => break,
+            }
+        }
+        if !backlog.is_empty() {
+            let mut text = String::new();
+            while let Some(f) = backlog.front() {
+                if !text.is_empty() && text.len() + 1 + f.len() > max_frame {
+                    break;
+                }
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(f);
+                backlog.pop_front();
+            }
+            if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if let Some((code, reason)) = close.take() {
+            let reason: String = reason.chars().take(120).collect();
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from(reason),
+                })))
+                .await;
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}

@@ -83,7 +83,8 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("cannot load sessions from the store")?;
     let mut registry = Registry::default();
     engine.metrics().register(&mut registry);
-    let auth = Authenticator::new(&cfg.auth, cfg.server.dev).context("invalid [auth] settings")?;
+    let auth = Authenticator::from_config(&cfg).context("invalid [auth] settings")?;
+    info!("{}", auth.describe());
 
     let listener = TcpListener::bind(cfg.server.listen)
         .await

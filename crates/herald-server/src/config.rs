@@ -105,6 +105,8 @@ pub(crate) struct SessionSection {
     pub(crate) hello_timeout_ms: u64,
     pub(crate) max_inflight: u64,
     pub(crate) max_bad_frames: u32,
+    /// Silence tolerated beyond `heartbeat_ms` before a connection is declared dead.
+    pub(crate) heartbeat_grace_ms: u64,
 }
 
 impl Default for SessionSection {
@@ -116,6 +118,7 @@ impl Default for SessionSection {
             hello_timeout_ms: e.hello_timeout_ms,
             max_inflight: e.max_inflight,
             max_bad_frames: e.max_bad_frames,
+            heartbeat_grace_ms: 10_000,
         }
     }
 }
@@ -127,6 +130,8 @@ pub(crate) struct LimitsSection {
     pub(crate) max_body_bytes: u64,
     /// Outbound frames buffered per connection before it is treated as stalled.
     pub(crate) send_queue_frames: usize,
+    /// Initial read buffer per connection (memory per idle connection).
+    pub(crate) read_buffer_bytes: u64,
 }
 
 impl Default for LimitsSection {
@@ -136,6 +141,7 @@ impl Default for LimitsSection {
             max_frame_bytes: e.max_frame_bytes,
             max_body_bytes: e.max_body_bytes,
             send_queue_frames: 1024,
+            read_buffer_bytes: 4096,
         }
     }
 }
@@ -384,7 +390,9 @@ const KEYS: &[KeyDoc] = &[
     key("session", "reconnect_timeout_ms", Kind::Int, MS,
         "How long a disconnected session can be resumed (upper bound for clients' value); 0 ends sessions at disconnect."),
     key("session", "heartbeat_ms", Kind::Int, "a whole number of milliseconds, at least 100",
-        "Server ping interval; silence for heartbeat_ms + 10 s ends the connection."),
+        "Server ping interval; silence for heartbeat_ms + heartbeat_grace_ms ends the connection."),
+    key("session", "heartbeat_grace_ms", Kind::Int, "a whole number of milliseconds, at least 100",
+        "Silence tolerated beyond heartbeat_ms before a connection is declared dead (close 4008)."),
     key("session", "hello_timeout_ms", Kind::Int, "a whole number of milliseconds, at least 1",
         "Time a new connection has to send hello before it is closed (4001)."),
     key("session", "max_inflight", Kind::Int, "a whole number, at least 1",
@@ -397,6 +405,8 @@ const KEYS: &[KeyDoc] = &[
         "Largest pub body, in bytes of JSON; larger ones get err too_large."),
     key("limits", "send_queue_frames", Kind::Int, "a whole number, at least 1",
         "Outbound frames buffered per connection before the connection is treated as stalled."),
+    key("limits", "read_buffer_bytes", Kind::Int, "a whole number of bytes, at least 1024",
+        "Initial read buffer per connection; it grows for larger frames. Small values save memory per idle connection."),
     key("retention", "channel_max_messages", Kind::Int, "a whole number (0 disables)",
         "Messages kept per channel; older ones are trimmed."),
     key("retention", "channel_max_age_ms", Kind::Int, MS_OR_0,
@@ -821,6 +831,13 @@ impl Loader {
         );
         self.at_least("session", "hello_timeout_ms", c.session.hello_timeout_ms, 1);
         self.at_least("session", "max_inflight", c.session.max_inflight, 1);
+        self.at_least(
+            "session",
+            "heartbeat_grace_ms",
+            c.session.heartbeat_grace_ms,
+            MIN_HEARTBEAT_MS,
+        );
+        self.at_least("limits", "read_buffer_bytes", c.limits.read_buffer_bytes, 1024);
         self.at_least(
             "session",
             "max_bad_frames",

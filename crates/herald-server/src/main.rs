@@ -1,15 +1,20 @@
-// Parts of auth and config are used only once the transport is wired in.
-#[allow(dead_code)]
+//! The `herald` binary: `herald serve` runs the server; `herald config defaults` prints the
+//! default configuration. `anyhow` stops here: everything below returns typed errors.
+
+mod api;
+mod app;
 mod auth;
 mod cli;
-#[allow(dead_code)]
 mod config;
+mod shutdown;
+mod transport;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, ConfigCmd};
+use cli::{Cli, Command, ConfigCmd, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,13 +31,33 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Err(e) = auth::Authenticator::from_config(&cfg) {
-                eprintln!("herald: {e}");
-                return ExitCode::from(2);
+            init_logs(args.log_format);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("herald: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(app::serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("herald: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-            let _ = (cfg.engine_config(), args.log_format);
-            eprintln!("herald: serve is not wired yet");
-            ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use herald_core::{Attached, Output, Peer};
 use herald_protocol::{close, decode_frame, ClientFrame, ErrorCode, Limits, ServerFrame};
@@ -24,8 +24,6 @@ use tracing::{debug, info, warn};
 
 use crate::app::App;
 
-/// Extra silence tolerated beyond `heartbeat_ms` before a peer is declared dead.
-pub(crate) const HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
 /// How long the writer gets to flush the last frames and the close frame.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Most queued frames joined into one WebSocket frame.
@@ -41,6 +39,15 @@ pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
 ) -> Response {
+    if app.tracker.live() >= app.cfg.server.max_connections {
+        warn!(addr = %addr, "connection refused: server.max_connections reached");
+        return crate::api::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!("server is at server.max_connections ({})", app.cfg.server.max_connections),
+        )
+        .into_response();
+    }
     let max = app.cfg.limits.max_frame_bytes as usize;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -204,7 +211,7 @@ async fn run(
     tx: &mpsc::Sender<Out>,
 ) {
     let heartbeat = Duration::from_millis(app.cfg.session.heartbeat_ms);
-    let dead_after = heartbeat + HEARTBEAT_GRACE;
+    let dead_after = heartbeat + Duration::from_millis(app.cfg.session.heartbeat_grace_ms);
     let limits = Limits {
         max_body_bytes: app.cfg.limits.max_body_bytes as usize,
     };

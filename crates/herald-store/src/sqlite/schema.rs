@@ -1,0 +1,228 @@
+//! The on-disk layout: tables, indexes, the schema version, and how connections are opened.
+//!
+//! Owns every `CREATE` statement and every connection-level `PRAGMA`. It never reads or
+//! writes records; `writer.rs` and `read.rs` do. The schema is created on open
+//! (`CREATE … IF NOT EXISTS`), so opening an existing database is idempotent; a database
+//! written by an unknown schema version is refused rather than misread.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::{sql_error, SqliteConfig};
+use crate::model::Durability;
+use crate::StoreError;
+
+/// The layout version this code reads and writes (`meta.schema_version`).
+pub(super) const SCHEMA_VERSION: u32 = 1;
+
+/// How long a connection waits for a lock held by another connection before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements each connection keeps compiled (the writer uses ~40 distinct ones;
+/// `search` builds up to 32 variants).
+const STATEMENT_CACHE: usize = 128;
+
+/// All tables and indexes. Column notes:
+/// - `streams.last` is the newest offset ever assigned and is never lowered, so offsets are
+///   not reused after retention removed everything; `streams.first` is the oldest retained
+///   offset (`last + 1` when empty). Messages only ever leave a stream as a prefix, so the
+///   retained offsets are exactly `first..=last`.
+/// - `messages.body` is the raw JSON text the publisher sent.
+/// - `idem` maps (sender, key) to the original message for idempotent publishes.
+/// - `sessions.acked_seq` is authoritative over the copy inside `sessions.record` (JSON),
+///   because appends bump it with a plain `UPDATE`.
+/// - `deliveries.acked_ms` is NULL until the device's cursor passes the message; the partial
+///   index `deliveries_unacked` keeps `set_cursor` from scanning acknowledged rows.
+/// - `events.id` is `AUTOINCREMENT` so ids are never reused after purging the newest ones.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS streams (
+    stream TEXT PRIMARY KEY,
+    first  INTEGER NOT NULL,
+    last   INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS messages (
+    rowid   INTEGER PRIMARY KEY,
+    stream  TEXT NOT NULL,
+    offset  INTEGER NOT NULL,
+    id      TEXT NOT NULL,
+    sender  TEXT NOT NULL,
+    ts      INTEGER NOT NULL,
+    body    TEXT NOT NULL,
+    receipt INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_offset ON messages(stream, offset);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages(id);
+CREATE INDEX IF NOT EXISTS messages_by_ts ON messages(ts);
+CREATE INDEX IF NOT EXISTS messages_by_sender ON messages(sender, ts);
+
+CREATE TABLE IF NOT EXISTS idem (
+    sender TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    ts     INTEGER NOT NULL,
+    msg_id TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    PRIMARY KEY (sender, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idem_by_ts ON idem(ts);
+
+CREATE TABLE IF NOT EXISTS sessions (
+    id           TEXT PRIMARY KEY,
+    state        TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    acked_seq    INTEGER NOT NULL,
+    record       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_closed ON sessions(last_seen_ms) WHERE state = 'closed';
+
+CREATE TABLE IF NOT EXISTS devices (
+    uid        TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    offset     INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (uid, device)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    rowid         INTEGER PRIMARY KEY,
+    msg_id        TEXT NOT NULL,
+    uid           TEXT NOT NULL,
+    device        TEXT NOT NULL,
+    stream        TEXT NOT NULL,
+    offset        INTEGER NOT NULL,
+    session       TEXT NOT NULL,
+    first_sent_ms INTEGER NOT NULL,
+    last_sent_ms  INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL,
+    acked_ms      INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS deliveries_by_msg ON deliveries(msg_id, uid, device);
+CREATE INDEX IF NOT EXISTS deliveries_unacked
+    ON deliveries(uid, device, stream, offset) WHERE acked_ms IS NULL;
+CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(last_sent_ms);
+
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    uid     TEXT,
+    device  TEXT,
+    session TEXT,
+    conn    TEXT,
+    data    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_kind ON events(kind, id);
+CREATE INDEX IF NOT EXISTS events_by_uid ON events(uid, id);
+CREATE INDEX IF NOT EXISTS events_by_ts ON events(ts);
+";
+
+/// Opens the single read-write connection, switches the database to WAL, applies the
+/// durability and quota settings, and creates or checks the schema.
+pub(super) fn open_writer(cfg: &SqliteConfig) -> Result<Connection, StoreError> {
+    if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(&cfg.path, flags).map_err(|e| open_error(&cfg.path, e))?;
+    configure(&conn)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(sql_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "cannot switch {} to WAL (journal_mode is {mode})",
+            cfg.path.display()
+        )));
+    }
+    let synchronous = match cfg.durability {
+        Durability::Fsync => "FULL",
+        Durability::Os => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(sql_error)?;
+    create_schema(&conn)?;
+    if let Some(bytes) = cfg.max_db_bytes {
+        let page_size: u64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(sql_error)?;
+        let pages = (bytes / page_size.max(1)).max(1);
+        // SQLite never lowers the limit below the current size; it answers the effective value.
+        let effective: u64 = conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })
+            .map_err(sql_error)?;
+        tracing::debug!(pages, effective, "database quota set");
+    }
+    Ok(conn)
+}
+
+/// Opens one read-only connection (WAL lets it read while the writer commits).
+pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_error)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+pub(super) fn create_schema(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_error)?;
+    let result = create_schema_in_tx(conn);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = conn.execute_batch(end).map_err(sql_error);
+    result.and(ended)
+}
+
+fn create_schema_in_tx(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SCHEMA).map_err(sql_error)?;
+    let found: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql_error)?;
+    match found {
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION.to_string()],
+            )
+            .map_err(sql_error)?;
+            Ok(())
+        }
+        Some(v) if v == SCHEMA_VERSION.to_string() => Ok(()),
+        Some(v) => Err(StoreError::Corrupt(format!(
+            "database schema version {v} is not supported (this build reads {SCHEMA_VERSION})"
+        ))),
+    }
+}
+
+fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    match sql_error(e) {
+        StoreError::Unavailable(m) => {
+            StoreError::Unavailable(format!("cannot open {}: {m}", path.display()))
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,528 @@
+//! The writer thread: the only code that writes to the database.
+//!
+//! Every write of the store arrives here as a [`Command`], in submission order, over one
+//! channel. The thread blocks for the first command, drains whatever else is already queued
+//! (up to `max_batch`) without waiting, runs the whole batch in ONE transaction, commits, and
+//! only then answers each command. Under `synchronous=FULL` that makes all concurrent
+//! publishers share one fsync (group commit).
+//!
+//! It owns the per-stream offset counter: the last offset assigned to each stream, kept in
+//! memory (loaded lazily from `streams.last`). A failed commit rolls the transaction back and
+//! forgets the counters the batch moved, so they are reloaded from the rolled-back table and
+//! the next append continues with no hole.
+//!
+//! Each command runs inside its own savepoint: a command SQLite rejects on its own merits
+//! (a constraint, a value out of range) is undone alone and answered with
+//! [`StoreError::Corrupt`]; only errors of the storage itself (full disk, I/O) fail the
+//! batch, and then every command of it gets [`StoreError::Unavailable`].
+//!
+//! It must never block on anything but SQLite: answers go through oneshot channels and the
+//! commit listener is required to be quick.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{retention, Shared};
+use crate::model::*;
+use crate::{CommitListener, StoreError};
+
+/// A write, as submitted by the store.
+#[derive(Debug)]
+pub(super) enum Write {
+    Append(NewMessage),
+    PutSession(SessionRecord),
+    DeleteSession(String),
+    SetCursor {
+        uid: String,
+        device: String,
+        offset: u64,
+        ts: u64,
+    },
+    RecordSent(SentRecord),
+    AppendEvent(NewEvent),
+    Trim {
+        now_ms: u64,
+        policy: Retention,
+    },
+    /// Writes nothing: answered once everything queued before it is committed.
+    Barrier,
+}
+
+/// The result of a committed write.
+#[derive(Debug)]
+pub(super) enum Done {
+    Appended(AppendOutcome),
+    Event(Event),
+    Trimmed(Vec<Trimmed>),
+    Unit,
+}
+
+/// Where a command's answer goes.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// What the store sends to the writer thread.
+// Nearly every command is a `Write`: boxing it would add an allocation per write to make
+// the rare `Close` smaller.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(super) enum Command {
+    Write(Write, Reply<Done>),
+    /// Commit what came before, checkpoint the WAL, stop. Later commands get `Closed`.
+    Close(Reply<()>),
+}
+
+/// Starts the writer thread on `conn`.
+pub(super) fn spawn(
+    conn: Connection,
+    queue: mpsc::UnboundedReceiver<Command>,
+    max_batch: usize,
+    listener: Arc<dyn CommitListener>,
+    shared: Arc<Shared>,
+) -> Result<JoinHandle<()>, StoreError> {
+    let writer = Writer {
+        conn,
+        queue,
+        max_batch,
+        offsets: HashMap::new(),
+        listener,
+        shared,
+    };
+    std::thread::Builder::new()
+        .name("herald-store-writer".into())
+        .spawn(move || writer.run())
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer thread: {e}")))
+}
+
+/// The state of the writer thread.
+struct Writer {
+    /// The only read-write connection to the database.
+    conn: Connection,
+    /// Commands, in submission order.
+    queue: mpsc::UnboundedReceiver<Command>,
+    /// Most commands taken into one transaction.
+    max_batch: usize,
+    /// Last offset assigned per stream. Between batches it equals the committed
+    /// `streams.last`; a stream absent here is loaded from the table on first use.
+    offsets: HashMap<String, u64>,
+    /// Told about every committed message, before any answer is sent.
+    listener: Arc<dyn CommitListener>,
+    /// Counters and health, read by the store.
+    shared: Arc<Shared>,
+}
+
+/// What one batch produced besides the answers.
+#[derive(Default)]
+struct BatchEffects {
+    /// Messages newly stored, in the order their offsets were assigned.
+    stored: Vec<Arc<StoredMessage>>,
+    /// Streams whose in-memory counter this batch moved (forgotten if it fails).
+    touched: HashSet<String>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut commands = Vec::with_capacity(self.max_batch);
+        while let Some(first) = self.queue.blocking_recv() {
+            commands.push(first);
+            while commands.len() < self.max_batch
+                && !matches!(commands.last(), Some(Command::Close(_)))
+            {
+                match self.queue.try_recv() {
+                    Ok(cmd) => commands.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            let mut writes = Vec::with_capacity(commands.len());
+            let mut replies = Vec::with_capacity(commands.len());
+            let mut close = None;
+            for cmd in commands.drain(..) {
+                match cmd {
+                    Command::Write(write, reply) => {
+                        writes.push(write);
+                        replies.push(reply);
+                    }
+                    // Draining stops at a Close, so it is always the last command.
+                    Command::Close(reply) => close = Some(reply),
+                }
+            }
+            if !writes.is_empty() {
+                self.commit_batch(writes, replies);
+            }
+            if let Some(reply) = close {
+                self.shutdown(reply);
+                return;
+            }
+        }
+        tracing::debug!("store writer stopping: every store handle was dropped");
+    }
+
+    /// Runs `writes` in one transaction and answers each through `replies`.
+    fn commit_batch(&mut self, writes: Vec<Write>, replies: Vec<Reply<Done>>) {
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters;
+        counters
+            .last_batch_size
+            .store(writes.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
+        let mut effects = BatchEffects::default();
+        match self.execute(writes, &mut effects) {
+            Ok(answers) => {
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let ok = answers.iter().filter(|a| a.is_ok()).count() as u64;
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters.ops_committed.fetch_add(ok, Ordering::Relaxed);
+                counters
+                    .messages_appended
+                    .fetch_add(effects.stored.len() as u64, Ordering::Relaxed);
+                counters.commit_time_us.fetch_add(micros, Ordering::Relaxed);
+                self.set_failure(None);
+                if !effects.stored.is_empty() {
+                    self.notify(&effects.stored);
+                }
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    // The caller may have stopped waiting; the write is durable regardless.
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(e) => {
+                self.roll_back();
+                for stream in &effects.touched {
+                    self.offsets.remove(stream);
+                }
+                counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+                let reason = e.to_string();
+                tracing::warn!(error = %reason, ops = replies.len(), "store commit failed, batch rolled back");
+                self.set_failure(Some(reason.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Unavailable(reason.clone())));
+                }
+            }
+        }
+    }
+
+    /// `BEGIN`, every write in its savepoint, `COMMIT`. An `Err` means the batch failed and
+    /// the caller must roll back.
+    fn execute(
+        &mut self,
+        writes: Vec<Write>,
+        effects: &mut BatchEffects,
+    ) -> rusqlite::Result<Vec<Result<Done, StoreError>>> {
+        self.exec("BEGIN IMMEDIATE")?;
+        let mut answers = Vec::with_capacity(writes.len());
+        for write in writes {
+            self.exec("SAVEPOINT op")?;
+            match self.apply(write, effects) {
+                Ok(done) => {
+                    self.exec("RELEASE op")?;
+                    answers.push(Ok(done));
+                }
+                Err(e) if is_rejection(&e) => {
+                    self.exec("ROLLBACK TO op")?;
+                    self.exec("RELEASE op")?;
+                    tracing::error!(error = %e, "store rejected a write");
+                    answers.push(Err(StoreError::Corrupt(format!("write rejected: {e}"))));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.exec("COMMIT")?;
+        Ok(answers)
+    }
+
+    fn exec(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    /// Ends a failed transaction (SQLite may already have rolled it back itself).
+    fn roll_back(&self) {
+        if self.conn.is_autocommit() {
+            return;
+        }
+        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "store rollback failed");
+        }
+    }
+
+    /// Applies one write. In-memory state (offsets, `effects`) changes only once every
+    /// statement of the write succeeded, so a rejected write leaves nothing behind.
+    fn apply(&mut self, write: Write, effects: &mut BatchEffects) -> rusqlite::Result<Done> {
+        match write {
+            Write::Append(msg) => self.append(msg, effects).map(Done::Appended),
+            Write::PutSession(rec) => self.put_session(&rec).map(|()| Done::Unit),
+            Write::DeleteSession(id) => {
+                self.conn
+                    .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                    .execute([id])?;
+                Ok(Done::Unit)
+            }
+            Write::SetCursor {
+                uid,
+                device,
+                offset,
+                ts,
+            } => self
+                .set_cursor(&uid, &device, offset, ts)
+                .map(|()| Done::Unit),
+            Write::RecordSent(d) => self.record_sent(&d).map(|()| Done::Unit),
+            Write::AppendEvent(e) => self.append_event(e).map(Done::Event),
+            Write::Trim { now_ms, policy } => {
+                retention::trim(&self.conn, now_ms, &policy).map(Done::Trimmed)
+            }
+            Write::Barrier => Ok(Done::Unit),
+        }
+    }
+
+    fn append(
+        &mut self,
+        msg: NewMessage,
+        effects: &mut BatchEffects,
+    ) -> rusqlite::Result<AppendOutcome> {
+        if let Some(key) = &msg.idem {
+            // Sees rows written earlier in this same batch: one transaction.
+            let original: Option<(String, String, u64)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT msg_id, stream, offset FROM idem WHERE sender = ?1 AND key = ?2",
+                )?
+                .query_row(params![msg.from, key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            if let Some((id, stream, offset)) = original {
+                self.bump_session(msg.session_seq.as_ref())?;
+                return Ok(AppendOutcome::Duplicate { id, stream, offset });
+            }
+        }
+        let offset = self.last_offset(&msg.stream)? + 1;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO messages (stream, offset, id, sender, ts, body, receipt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                msg.stream,
+                offset,
+                msg.id,
+                msg.from,
+                msg.ts,
+                msg.body.get(),
+                msg.receipt
+            ])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO streams (stream, first, last) VALUES (?1, ?2, ?2)
+                 ON CONFLICT (stream) DO UPDATE SET last = excluded.last",
+            )?
+            .execute(params![msg.stream, offset])?;
+        if let Some(key) = &msg.idem {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO idem (sender, key, ts, msg_id, stream, offset)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![msg.from, key, msg.ts, msg.id, msg.stream, offset])?;
+        }
+        self.bump_session(msg.session_seq.as_ref())?;
+
+        self.offsets.insert(msg.stream.clone(), offset);
+        effects.touched.insert(msg.stream.clone());
+        let stored = Arc::new(StoredMessage {
+            stream: msg.stream,
+            offset,
+            id: msg.id,
+            from: msg.from,
+            ts: msg.ts,
+            body: msg.body,
+            receipt: msg.receipt,
+        });
+        effects.stored.push(stored.clone());
+        Ok(AppendOutcome::Stored(stored))
+    }
+
+    /// The last offset assigned to `stream` (0 if never written), cached after the first look.
+    fn last_offset(&mut self, stream: &str) -> rusqlite::Result<u64> {
+        if let Some(last) = self.offsets.get(stream) {
+            return Ok(*last);
+        }
+        let last: u64 = self
+            .conn
+            .prepare_cached("SELECT last FROM streams WHERE stream = ?1")?
+            .query_row([stream], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        self.offsets.insert(stream.to_owned(), last);
+        Ok(last)
+    }
+
+    /// Records the sender session's request `seq` as processed (no-op for an unknown session).
+    fn bump_session(&self, session_seq: Option<&(String, u64)>) -> rusqlite::Result<()> {
+        if let Some((session, seq)) = session_seq {
+            self.conn
+                .prepare_cached("UPDATE sessions SET acked_seq = max(acked_seq, ?2) WHERE id = ?1")?
+                .execute(params![session, seq])?;
+        }
+        Ok(())
+    }
+
+    fn put_session(&self, rec: &SessionRecord) -> rusqlite::Result<()> {
+        let record = serde_json::to_string(rec)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sessions (id, state, last_seen_ms, acked_seq, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET
+                    state = excluded.state,
+                    last_seen_ms = excluded.last_seen_ms,
+                    acked_seq = max(sessions.acked_seq, excluded.acked_seq),
+                    record = excluded.record",
+            )?
+            .execute(params![
+                rec.id,
+                rec.state.as_str(),
+                rec.last_seen_ms,
+                rec.acked_seq,
+                record
+            ])?;
+        Ok(())
+    }
+
+    fn set_cursor(&self, uid: &str, device: &str, offset: u64, ts: u64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO devices (uid, device, offset, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (uid, device) DO UPDATE SET
+                    offset = excluded.offset,
+                    updated_ms = excluded.updated_ms
+                 WHERE excluded.offset > devices.offset",
+            )?
+            .execute(params![uid, device, offset, ts])?;
+        self.conn
+            .prepare_cached(
+                "UPDATE deliveries SET acked_ms = ?4
+                 WHERE uid = ?1 AND device = ?2 AND stream = ?5 AND offset <= ?3
+                   AND acked_ms IS NULL",
+            )?
+            .execute(params![uid, device, offset, ts, inbox_key(uid)])?;
+        Ok(())
+    }
+
+    fn record_sent(&self, d: &SentRecord) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO deliveries (msg_id, uid, device, stream, offset, session,
+                                         first_sent_ms, last_sent_ms, attempts, acked_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1, NULL)
+                 ON CONFLICT (msg_id, uid, device) DO UPDATE SET
+                    session = excluded.session,
+                    last_sent_ms = excluded.last_sent_ms,
+                    attempts = deliveries.attempts + 1",
+            )?
+            .execute(params![
+                d.msg_id, d.uid, d.device, d.stream, d.offset, d.session, d.ts
+            ])?;
+        Ok(())
+    }
+
+    fn append_event(&self, e: NewEvent) -> rusqlite::Result<Event> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (ts, kind, uid, device, session, conn, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                e.ts,
+                e.kind,
+                e.uid,
+                e.device,
+                e.session,
+                e.conn,
+                e.data.to_string()
+            ])?;
+        let rowid = self.conn.last_insert_rowid();
+        let id =
+            u64::try_from(rowid).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, rowid))?;
+        Ok(Event { id, event: e })
+    }
+
+    /// Tells the listener about a committed batch. A panicking listener is logged, not
+    /// allowed to kill the writer.
+    fn notify(&self, stored: &[Arc<StoredMessage>]) {
+        let listener = &self.listener;
+        let call = std::panic::catch_unwind(AssertUnwindSafe(|| listener.committed(stored)));
+        if call.is_err() {
+            tracing::error!(messages = stored.len(), "store commit listener panicked");
+        }
+    }
+
+    fn set_failure(&self, reason: Option<String>) {
+        let mut failure = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if reason.is_none() && failure.is_some() {
+            tracing::info!("store commits succeed again");
+        }
+        *failure = reason;
+    }
+
+    /// Refuses whatever is still queued, checkpoints the WAL into the database file and
+    /// answers `reply`. The connection closes when the thread returns.
+    fn shutdown(&mut self, reply: Reply<()>) {
+        self.queue.close();
+        while let Ok(cmd) = self.queue.try_recv() {
+            match cmd {
+                Command::Write(_, r) => {
+                    let _ = r.send(Err(StoreError::Closed));
+                }
+                Command::Close(r) => {
+                    let _ = r.send(Err(StoreError::Closed));
+                }
+            }
+        }
+        let checkpoint = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        let result = match checkpoint {
+            Ok(0) => Ok(()),
+            Ok(_) => {
+                // Readers still held snapshots: the WAL is kept and replayed on next open.
+                tracing::warn!("store close: WAL checkpoint could not complete (busy)");
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "WAL checkpoint failed: {e}"
+            ))),
+        };
+        let _ = reply.send(result);
+    }
+}
+
+/// Whether SQLite refused this write on its own merits (the storage itself is fine, so only
+/// the write is undone and the rest of the batch commits).
+fn is_rejection(e: &rusqlite::Error) -> bool {
+    use rusqlite::Error as E;
+    match e {
+        E::SqliteFailure(f, _) => matches!(
+            f.code,
+            ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch
+        ),
+        E::ToSqlConversionFailure(_)
+        | E::FromSqlConversionFailure(..)
+        | E::IntegralValueOutOfRange(..)
+        | E::InvalidColumnType(..)
+        | E::Utf8Error(..) => true,
+        _ => false,
+    }
+}

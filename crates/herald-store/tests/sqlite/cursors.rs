@@ -1,0 +1,144 @@
+//! Device inbox cursors and delivery records.
+
+use herald_store::*;
+use tempfile::TempDir;
+
+use crate::common::*;
+
+fn sent(m: &StoredMessage, device: &str, session: &str, ts: u64) -> SentRecord {
+    SentRecord {
+        msg_id: m.id.clone(),
+        stream: m.stream.clone(),
+        offset: m.offset,
+        uid: "bob".into(),
+        device: device.into(),
+        session: session.into(),
+        ts,
+    }
+}
+
+#[tokio::test]
+async fn cursor_only_moves_forward() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    assert_eq!(store.cursor("bob", "b1").await.unwrap(), None);
+
+    store.set_cursor("bob", "b1", 5, 100).await.unwrap();
+    store.set_cursor("bob", "b1", 3, 200).await.unwrap();
+    assert_eq!(store.cursor("bob", "b1").await.unwrap(), Some(5));
+    // A first sighting below nothing still creates the device at its start position.
+    store.set_cursor("bob", "b2", 0, 150).await.unwrap();
+    assert_eq!(
+        store.devices("bob").await.unwrap(),
+        vec![
+            DeviceCursor {
+                uid: "bob".into(),
+                device: "b1".into(),
+                offset: 5,
+                updated_ms: 100
+            },
+            DeviceCursor {
+                uid: "bob".into(),
+                device: "b2".into(),
+                offset: 0,
+                updated_ms: 150
+            },
+        ]
+    );
+    store.set_cursor("bob", "b1", 8, 300).await.unwrap();
+    assert_eq!(store.cursor("bob", "b1").await.unwrap(), Some(8));
+    assert_eq!(store.devices("bob").await.unwrap()[0].updated_ms, 300);
+    assert!(store.devices("nobody").await.unwrap().is_empty());
+    assert_eq!(store.cursor("alice", "b1").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn deliveries_go_from_sent_to_acked() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let mut inbox = Vec::new();
+    for ts in 1..=3 {
+        inbox.push(stored(
+            store.append(msg("inbox:bob", "alice", ts)).await.unwrap(),
+        ));
+    }
+    store.set_cursor("bob", "b1", 0, 5).await.unwrap();
+    for m in &inbox {
+        store.record_sent(sent(m, "b1", "s1", 10)).await.unwrap();
+    }
+    // A resend, from a newer session.
+    store
+        .record_sent(sent(&inbox[0], "b1", "s2", 20))
+        .await
+        .unwrap();
+    store
+        .record_sent(sent(&inbox[0], "b2", "s3", 25))
+        .await
+        .unwrap();
+
+    let rows = store.deliveries(&inbox[0].id).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[0],
+        DeliveryRecord {
+            msg_id: inbox[0].id.clone(),
+            uid: "bob".into(),
+            device: "b1".into(),
+            session: "s2".into(),
+            state: DeliveryState::Sent,
+            first_sent_ms: 10,
+            last_sent_ms: 20,
+            attempts: 2,
+            acked_ms: None,
+        }
+    );
+    assert_eq!(rows[1].device, "b2");
+
+    store.set_cursor("bob", "b1", 2, 30).await.unwrap();
+    let acked = |rows: Vec<DeliveryRecord>, device: &str| {
+        let row = rows.into_iter().find(|r| r.device == device).unwrap();
+        (row.state, row.acked_ms)
+    };
+    let rows = store.deliveries(&inbox[0].id).await.unwrap();
+    assert_eq!(acked(rows.clone(), "b1"), (DeliveryState::Acked, Some(30)));
+    assert_eq!(
+        acked(rows, "b2"),
+        (DeliveryState::Sent, None),
+        "other device"
+    );
+    let rows = store.deliveries(&inbox[1].id).await.unwrap();
+    assert_eq!(acked(rows, "b1"), (DeliveryState::Acked, Some(30)));
+    let rows = store.deliveries(&inbox[2].id).await.unwrap();
+    assert_eq!(acked(rows, "b1"), (DeliveryState::Sent, None));
+
+    // An ack time is kept: a later cursor move or resend does not change it.
+    store.set_cursor("bob", "b1", 3, 40).await.unwrap();
+    store
+        .record_sent(sent(&inbox[0], "b1", "s4", 50))
+        .await
+        .unwrap();
+    let rows = store.deliveries(&inbox[0].id).await.unwrap();
+    let row = rows.iter().find(|r| r.device == "b1").unwrap();
+    assert_eq!(
+        (row.state, row.acked_ms, row.attempts),
+        (DeliveryState::Acked, Some(30), 3)
+    );
+    let rows = store.deliveries(&inbox[2].id).await.unwrap();
+    assert_eq!(acked(rows, "b1"), (DeliveryState::Acked, Some(40)));
+}
+
+#[tokio::test]
+async fn a_delivery_behind_the_cursor_reads_as_acked() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let m = stored(store.append(msg("inbox:bob", "alice", 1)).await.unwrap());
+    // The device acknowledged first, the (re)send record landed after.
+    store.set_cursor("bob", "b1", 1, 60).await.unwrap();
+    store.record_sent(sent(&m, "b1", "s1", 70)).await.unwrap();
+    let rows = store.deliveries(&m.id).await.unwrap();
+    assert_eq!(
+        (rows[0].state, rows[0].acked_ms),
+        (DeliveryState::Acked, Some(60))
+    );
+    assert!(store.deliveries("m_unknown").await.unwrap().is_empty());
+}

@@ -1,0 +1,186 @@
+//! Everything the store keeps survives reopening the file, with or without `close()`.
+
+use herald_store::sqlite::SqliteStore;
+use herald_store::*;
+use tempfile::TempDir;
+
+use crate::common::*;
+
+/// Writes one of everything; returns the stored messages.
+async fn write_everything(store: &SqliteStore) -> Vec<std::sync::Arc<StoredMessage>> {
+    let mut out = Vec::new();
+    for i in 0..5 {
+        out.push(stored(
+            store
+                .append(msg("chan:room", "alice", 100 + i))
+                .await
+                .unwrap(),
+        ));
+    }
+    out.push(stored(
+        store
+            .append(keyed("inbox:bob", "alice", 200, "key-1"))
+            .await
+            .unwrap(),
+    ));
+    out.push(stored(
+        store.append(msg("inbox:bob", "carol", 201)).await.unwrap(),
+    ));
+    store.put_session(session("s1", 9)).await.unwrap();
+    store.set_cursor("bob", "b1", 1, 300).await.unwrap();
+    store
+        .record_sent(SentRecord {
+            msg_id: out[6].id.clone(),
+            stream: "inbox:bob".into(),
+            offset: 2,
+            uid: "bob".into(),
+            device: "b1".into(),
+            session: "s9".into(),
+            ts: 301,
+        })
+        .await
+        .unwrap();
+    store
+        .append_event(NewEvent {
+            ts: 400,
+            kind: "eviction".into(),
+            uid: Some("alice".into()),
+            device: Some("phone".into()),
+            session: Some("s1".into()),
+            conn: Some("c1".into()),
+            data: serde_json::json!({"reason": "replaced"}),
+        })
+        .await
+        .unwrap();
+    store
+        .trim(
+            10_000,
+            &Retention {
+                channel_max_messages: 3,
+                ..keep_all()
+            },
+        )
+        .await
+        .unwrap();
+    out
+}
+
+async fn check_everything(store: &SqliteStore, written: &[std::sync::Arc<StoredMessage>]) {
+    assert_eq!(
+        store.bounds("chan:room").await.unwrap(),
+        StreamBounds { first: 3, last: 5 }
+    );
+    assert_eq!(all(store, "chan:room").await, written[2..5].to_vec());
+    assert_eq!(all(store, "inbox:bob").await, written[5..7].to_vec());
+    assert_eq!(store.load_sessions().await.unwrap(), vec![session("s1", 9)]);
+    assert_eq!(store.cursor("bob", "b1").await.unwrap(), Some(1));
+    let deliveries = store.deliveries(&written[6].id).await.unwrap();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].state, DeliveryState::Sent);
+    let events = store.events(&EventQuery::default()).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].event.data,
+        serde_json::json!({"reason": "replaced"})
+    );
+    // The idempotency key is still known.
+    let dup = store
+        .append(keyed("inbox:bob", "alice", 500, "key-1"))
+        .await
+        .unwrap();
+    assert!(matches!(dup, AppendOutcome::Duplicate { offset: 1, .. }));
+}
+
+/// After reopening, offsets and event ids continue where they were.
+async fn check_continues(store: &SqliteStore) {
+    assert_eq!(
+        stored(store.append(msg("chan:room", "a", 600)).await.unwrap()).offset,
+        6
+    );
+    assert_eq!(
+        stored(store.append(msg("inbox:bob", "a", 601)).await.unwrap()).offset,
+        3
+    );
+    let e = store
+        .append_event(NewEvent {
+            ts: 700,
+            kind: "kick".into(),
+            uid: None,
+            device: None,
+            session: None,
+            conn: None,
+            data: serde_json::Value::Null,
+        })
+        .await
+        .unwrap();
+    assert_eq!(e.id, 2);
+}
+
+#[tokio::test]
+async fn everything_persists_when_dropped_without_close() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let written = write_everything(&store).await;
+    drop(store);
+
+    let (store, recorder) = open(dir.path());
+    check_everything(&store, &written).await;
+    check_continues(&store).await;
+    assert_eq!(recorder.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn everything_persists_after_close_and_close_is_final() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let written = write_everything(&store).await;
+    store.close().await.unwrap();
+
+    // The WAL was checkpointed into the database file.
+    let wal = db_path(dir.path()).with_extension("db-wal");
+    assert!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0);
+    assert!(store.health().is_err());
+    assert!(matches!(
+        store.append(msg("chan:room", "a", 1)).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(store.barrier().await, Err(StoreError::Closed)));
+    assert!(matches!(
+        store.bounds("chan:room").await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(store.close().await, Err(StoreError::Closed)));
+    drop(store);
+
+    let (store, _) = open(dir.path());
+    check_everything(&store, &written).await;
+    check_continues(&store).await;
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_commits_everything_submitted_before_it() {
+    let dir = TempDir::new().unwrap();
+    let (store, recorder) = open(dir.path());
+    {
+        let release = recorder.arm();
+        let first = store.append(msg("chan:a", "u", 1));
+        tokio::pin!(first);
+        poll_once(first.as_mut()).await;
+        recorder.parked().await;
+        let queued = store.append(msg("chan:a", "u", 2));
+        tokio::pin!(queued);
+        poll_once(queued.as_mut()).await;
+        let close = store.close();
+        tokio::pin!(close);
+        poll_once(close.as_mut()).await;
+        release.send(()).unwrap();
+
+        first.await.unwrap();
+        assert_eq!(stored(queued.await.unwrap()).offset, 2);
+        close.await.unwrap();
+    }
+    drop(store);
+    let (store, _) = open(dir.path());
+    assert_eq!(offsets(&all(&store, "chan:a").await), [1, 2]);
+}

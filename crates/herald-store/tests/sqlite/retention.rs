@@ -1,0 +1,220 @@
+//! `trim`: by count and by age, bounds and reads follow, offsets are never reused.
+
+use herald_store::sqlite::SqliteStore;
+use herald_store::*;
+use tempfile::TempDir;
+
+use crate::common::*;
+
+/// Appends `n` messages to `stream` with ts = `ts0`, `ts0 + 1`, …
+async fn fill(store: &SqliteStore, stream: &str, n: u64, ts0: u64) {
+    for i in 0..n {
+        stored(store.append(msg(stream, "alice", ts0 + i)).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn trim_by_count_keeps_the_newest_channel_messages() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    fill(&store, "chan:a", 10, 0).await;
+    fill(&store, "chan:b", 2, 0).await;
+    fill(&store, "inbox:bob", 10, 0).await;
+    let policy = Retention {
+        channel_max_messages: 3,
+        ..keep_all()
+    };
+
+    let trimmed = store.trim(100, &policy).await.unwrap();
+
+    assert_eq!(
+        trimmed,
+        vec![Trimmed {
+            stream: "chan:a".into(),
+            first: 8,
+            removed: 7
+        }]
+    );
+    assert_eq!(
+        store.bounds("chan:a").await.unwrap(),
+        StreamBounds { first: 8, last: 10 }
+    );
+    assert_eq!(offsets(&all(&store, "chan:a").await), [8, 9, 10]);
+    assert_eq!(
+        offsets(&store.read("chan:a", 8, 10).await.unwrap()),
+        [9, 10]
+    );
+    assert_eq!(all(&store, "chan:b").await.len(), 2);
+    assert_eq!(
+        all(&store, "inbox:bob").await.len(),
+        10,
+        "count rule is for channels"
+    );
+    // Nothing more to do: no stream moved.
+    assert!(store.trim(100, &policy).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn trim_by_age_per_stream_kind() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    fill(&store, "chan:a", 10, 1_000).await; // ts 1000..=1009
+    fill(&store, "inbox:bob", 10, 1_000).await;
+    let policy = Retention {
+        channel_max_age_ms: 500,
+        inbox_max_age_ms: 400,
+        ..keep_all()
+    };
+
+    // now 1505: channel cutoff 1005 drops ts < 1005 (offsets 1..=5);
+    // inbox cutoff 1105 drops everything.
+    let trimmed = store.trim(1_505, &policy).await.unwrap();
+
+    assert_eq!(
+        trimmed,
+        vec![
+            Trimmed {
+                stream: "chan:a".into(),
+                first: 6,
+                removed: 5
+            },
+            Trimmed {
+                stream: "inbox:bob".into(),
+                first: 11,
+                removed: 10
+            },
+        ]
+    );
+    assert_eq!(offsets(&all(&store, "chan:a").await), [6, 7, 8, 9, 10]);
+    assert_eq!(
+        store.bounds("inbox:bob").await.unwrap(),
+        StreamBounds {
+            first: 11,
+            last: 10
+        }
+    );
+    assert!(all(&store, "inbox:bob").await.is_empty());
+}
+
+#[tokio::test]
+async fn age_trim_never_removes_a_message_younger_than_the_cutoff() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    // ts out of order (a clock step back): 10, 50, 20, 60.
+    for ts in [10, 50, 20, 60] {
+        stored(store.append(msg("chan:a", "alice", ts)).await.unwrap());
+    }
+    let policy = Retention {
+        channel_max_age_ms: 100,
+        ..keep_all()
+    };
+    // cutoff 40: offset 1 goes, offset 2 (ts 50) stops the walk, so 3 stays behind it.
+    let trimmed = store.trim(140, &policy).await.unwrap();
+    assert_eq!(trimmed[0].first, 2);
+    assert_eq!(offsets(&all(&store, "chan:a").await), [2, 3, 4]);
+}
+
+#[tokio::test]
+async fn offsets_are_never_reused_after_trimming_everything() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    fill(&store, "chan:a", 5, 0).await;
+    let everything = Retention {
+        channel_max_age_ms: 1,
+        ..keep_all()
+    };
+    store.trim(1_000, &everything).await.unwrap();
+    assert_eq!(
+        store.bounds("chan:a").await.unwrap(),
+        StreamBounds { first: 6, last: 5 }
+    );
+
+    let m = stored(store.append(msg("chan:a", "alice", 2_000)).await.unwrap());
+    assert_eq!(m.offset, 6);
+    assert_eq!(
+        store.bounds("chan:a").await.unwrap(),
+        StreamBounds { first: 6, last: 6 }
+    );
+
+    store.trim(5_000, &everything).await.unwrap();
+    drop(store);
+    let (store, _) = open(dir.path());
+    assert_eq!(
+        store.bounds("chan:a").await.unwrap(),
+        StreamBounds { first: 7, last: 6 }
+    );
+    assert_eq!(
+        stored(store.append(msg("chan:a", "a", 6_000)).await.unwrap()).offset,
+        7
+    );
+}
+
+#[tokio::test]
+async fn trim_purges_old_tombstones_only() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let old = stored(store.append(msg("inbox:bob", "alice", 100)).await.unwrap());
+    let young = stored(
+        store
+            .append(msg("inbox:bob", "alice", 9_000))
+            .await
+            .unwrap(),
+    );
+    for m in [&old, &young] {
+        store
+            .record_sent(SentRecord {
+                msg_id: m.id.clone(),
+                stream: m.stream.clone(),
+                offset: m.offset,
+                uid: "bob".into(),
+                device: "b1".into(),
+                session: "s".into(),
+                ts: 150,
+            })
+            .await
+            .unwrap();
+    }
+    let mut closed = session("closed", 1);
+    closed.state = SessionState::Closed;
+    closed.last_seen_ms = 200;
+    store.put_session(closed).await.unwrap();
+    let mut idle = session("idle", 1);
+    idle.state = SessionState::Disconnected;
+    idle.last_seen_ms = 200;
+    store.put_session(idle.clone()).await.unwrap();
+    for ts in [100, 9_000] {
+        store
+            .append_event(NewEvent {
+                ts,
+                kind: "gap".into(),
+                uid: None,
+                device: None,
+                session: None,
+                conn: None,
+                data: serde_json::json!({}),
+            })
+            .await
+            .unwrap();
+    }
+
+    let policy = Retention {
+        inbox_max_age_ms: 5_000,
+        tombstone_ms: 5_000,
+        ..keep_all()
+    };
+    store.trim(10_000, &policy).await.unwrap();
+
+    assert_eq!(offsets(&all(&store, "inbox:bob").await), [2]);
+    assert_eq!(store.load_sessions().await.unwrap(), vec![idle]);
+    let events = store.events(&EventQuery::default()).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.event.ts).collect::<Vec<_>>(),
+        [9_000]
+    );
+    assert!(store.deliveries(&old.id).await.unwrap().is_empty());
+    assert_eq!(
+        store.deliveries(&young.id).await.unwrap().len(),
+        1,
+        "message still retained"
+    );
+}

@@ -50,6 +50,12 @@ pub struct EngineConfig {
     pub retention: Retention,
     /// Recent messages kept in memory per stream, so live fan-out does not read disk.
     pub tail_cache_messages: usize,
+    /// Requests (`pub`, `sub`, `unsub`) per second per connection; 0 = unlimited.
+    pub requests_per_sec: u32,
+    /// Requests a connection may send at once above the steady rate.
+    pub request_burst: u32,
+    /// Consecutive rate-limited requests after which the connection is closed (4029).
+    pub rate_limit_strikes: u32,
     /// Accept `hello.uid` without a token.
     pub dev: bool,
 }
@@ -75,6 +81,9 @@ impl Default for EngineConfig {
                 tombstone_ms: 24 * 3600 * 1000,
             },
             tail_cache_messages: 1024,
+            requests_per_sec: 1000,
+            request_burst: 2000,
+            rate_limit_strikes: 100,
             dev: false,
         }
     }

@@ -46,6 +46,48 @@ pub enum Output {
     },
 }
 
+/// Token bucket for requests. Uses `tokio::time` so tests can run in paused time.
+#[derive(Debug)]
+struct RateLimit {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+    /// Consecutive requests refused.
+    strikes: u32,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, burst: u32) -> RateLimit {
+        RateLimit {
+            per_sec: f64::from(per_sec),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: tokio::time::Instant::now(),
+            strikes: 0,
+        }
+    }
+
+    /// Takes a token; false if the connection is over its rate.
+    fn take(&mut self) -> bool {
+        if self.per_sec <= 0.0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+}
+
 /// A stream position of this connection.
 #[derive(Debug, Clone)]
 struct Position {
@@ -123,6 +165,7 @@ pub struct Attached {
     stalled: bool,
     read_failed: bool,
     bye: bool,
+    rate: RateLimit,
 }
 
 impl Attached {
@@ -185,9 +228,11 @@ impl Attached {
             stalled: false,
             read_failed: false,
             bye: false,
+            rate: RateLimit::new(cfg.requests_per_sec, cfg.request_burst),
         };
         // Dropping `a` on an error below detaches cleanly.
-        a.positions.insert(inbox.clone(), Position::new(inbox_cursor, true));
+        a.positions
+            .insert(inbox.clone(), Position::new(inbox_cursor, true));
         a.engine.watch(&inbox, watcher, a.wake.clone()).await?;
         for (chan, at) in subs {
             let key = chan_key(&chan);
@@ -221,6 +266,27 @@ impl Attached {
     /// order; a returned `Output` means the connection must close now.
     pub async fn handle(&mut self, frame: ClientFrame) -> Option<Output> {
         self.session.lock().last_seen_ms = self.engine.now_ms();
+        if let Some(seq) = frame.seq() {
+            if !self.rate.take() {
+                let cfg = self.engine.config();
+                let (per_sec, strikes) = (cfg.requests_per_sec, cfg.rate_limit_strikes);
+                self.reject(
+                    seq,
+                    ErrorCode::RateLimited,
+                    format!("over limits.requests_per_sec = {per_sec}; request not applied: send it again later with a new seq"),
+                );
+                if self.rate.strikes >= strikes {
+                    warn!(uid = %self.session.uid, session = %self.session.id, conn = %self.conn_id,
+                        "closing: {strikes} consecutive rate-limited requests");
+                    return Some(Output::Close {
+                        frames: self.drain_ready(),
+                        code: close::RATE_LIMITED,
+                        reason: format!("{strikes} consecutive rate-limited requests (limits.rate_limit_strikes)"),
+                    });
+                }
+                return None;
+            }
+        }
         match frame {
             ClientFrame::Hello(_) => {
                 self.push_err(
@@ -600,8 +666,12 @@ impl Attached {
                     Effect::Activate(key),
                 ),
                 Err(e) => (
-                    ServerFrame::err(Some(seq), ErrorCode::Unavailable, format!("{e}; not subscribed"))
-                        .encode(),
+                    ServerFrame::err(
+                        Some(seq),
+                        ErrorCode::Unavailable,
+                        format!("{e}; not subscribed"),
+                    )
+                    .encode(),
                     Effect::Drop(key),
                 ),
             };
@@ -763,7 +833,12 @@ impl Attached {
         Ok(Vec::new())
     }
 
-    fn deliver(&mut self, key: &str, gap: Option<(u64, u64)>, items: &[Arc<Cached>]) -> Vec<String> {
+    fn deliver(
+        &mut self,
+        key: &str,
+        gap: Option<(u64, u64)>,
+        items: &[Arc<Cached>],
+    ) -> Vec<String> {
         let mut frames = Vec::with_capacity(items.len() + 1);
         let Some(pos) = self.positions.get_mut(key) else {
             return frames;

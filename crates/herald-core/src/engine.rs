@@ -234,7 +234,10 @@ impl Engine {
                     Tombstone {
                         uid: rec.uid.clone(),
                         key: rec.key.clone(),
-                        reason: rec.closed_reason.clone().unwrap_or_else(|| "expired".into()),
+                        reason: rec
+                            .closed_reason
+                            .clone()
+                            .unwrap_or_else(|| "expired".into()),
                         by_conn: rec.closed_by.clone(),
                         at_ms: rec.last_seen_ms,
                     },
@@ -252,7 +255,11 @@ impl Engine {
             reg.sessions.insert(rec.id.clone(), s);
             restored += 1;
         }
-        info!(restored, tombstones = reg.tombstones.len(), "sessions restored");
+        info!(
+            restored,
+            tombstones = reg.tombstones.len(),
+            "sessions restored"
+        );
         let (events, _) = broadcast::channel(1024);
         Ok(Engine {
             inner: Arc::new(EngineInner {
@@ -598,7 +605,13 @@ impl Engine {
                 conn: Some(conn_id.clone()),
                 addr: Some(peer.addr.clone()),
             };
-            self.announce_eviction(&s, &old.conn_id, &old.addr, EvictReason::ResumedElsewhere, &by);
+            self.announce_eviction(
+                &s,
+                &old.conn_id,
+                &old.addr,
+                EvictReason::ResumedElsewhere,
+                &by,
+            );
             let _ = old.control.send(Control::Evict(Evicted {
                 reason: EvictReason::ResumedElsewhere,
                 by,
@@ -748,7 +761,11 @@ impl Engine {
                     g.last_seen_ms = now;
                 }
             }
-            (owned, g.reconnect_timeout_ms, g.state == SessionState::Closed)
+            (
+                owned,
+                g.reconnect_timeout_ms,
+                g.state == SessionState::Closed,
+            )
         };
         if !owned || closed {
             return;
@@ -847,7 +864,9 @@ impl Engine {
                 }
             })
             .collect();
-        out.sort_by(|a, b| (&a.uid, &a.device, a.created_ms).cmp(&(&b.uid, &b.device, b.created_ms)));
+        out.sort_by(|a, b| {
+            (&a.uid, &a.device, a.created_ms).cmp(&(&b.uid, &b.device, b.created_ms))
+        });
         out
     }
 

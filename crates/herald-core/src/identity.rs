@@ -142,7 +142,9 @@ mod tests {
         let ex = [c("s1", "a", true, 1)];
         assert_eq!(
             admit(IdentityPolicy::RejectNew, 10, &ex, "b"),
-            Admission::Reject { holder: "s1".into() }
+            Admission::Reject {
+                holder: "s1".into()
+            }
         );
         let ex = [c("s1", "a", false, 1)];
         assert_eq!(

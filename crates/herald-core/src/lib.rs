@@ -18,7 +18,7 @@ pub use auth::{ChannelGrants, Identity};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{EngineConfig, IdentityPolicy, NewDeviceStart};
 pub use conn::{Attached, Output};
-pub use engine::{Engine, OpenError, Peer, Published, PublishError, SessionInfo, Trace};
+pub use engine::{Engine, OpenError, Peer, PublishError, Published, SessionInfo, Trace};
 pub use metrics::Metrics;
 pub use session::Control;
 pub use streams::Streams;

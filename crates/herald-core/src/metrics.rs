@@ -48,20 +48,68 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register("herald_connections", "Connections attached to a session", self.connections.clone());
-        r.register("herald_sessions_connected", "Sessions with a live connection", self.sessions_connected.clone());
-        r.register("herald_sessions_disconnected", "Sessions inside their reconnect window", self.sessions_disconnected.clone());
-        r.register("herald_publishes", "Messages stored", self.publishes.clone());
-        r.register("herald_publish_duplicates", "Publishes answered as idempotent duplicates", self.publish_duplicates.clone());
-        r.register("herald_deliveries", "msg frames sent", self.deliveries.clone());
-        r.register("herald_redeliveries", "msg frames sent again after a resume", self.redeliveries.clone());
+        r.register(
+            "herald_connections",
+            "Connections attached to a session",
+            self.connections.clone(),
+        );
+        r.register(
+            "herald_sessions_connected",
+            "Sessions with a live connection",
+            self.sessions_connected.clone(),
+        );
+        r.register(
+            "herald_sessions_disconnected",
+            "Sessions inside their reconnect window",
+            self.sessions_disconnected.clone(),
+        );
+        r.register(
+            "herald_publishes",
+            "Messages stored",
+            self.publishes.clone(),
+        );
+        r.register(
+            "herald_publish_duplicates",
+            "Publishes answered as idempotent duplicates",
+            self.publish_duplicates.clone(),
+        );
+        r.register(
+            "herald_deliveries",
+            "msg frames sent",
+            self.deliveries.clone(),
+        );
+        r.register(
+            "herald_redeliveries",
+            "msg frames sent again after a resume",
+            self.redeliveries.clone(),
+        );
         r.register("herald_acks", "ack frames applied", self.acks.clone());
         r.register("herald_gaps", "gap frames sent", self.gaps.clone());
-        r.register("herald_flow_stalls", "Times a session waited for acks at max_inflight", self.flow_stalls.clone());
-        r.register("herald_evictions", "Evictions by reason", self.evictions.clone());
-        r.register("herald_resumes", "Resume attempts by outcome", self.resumes.clone());
-        r.register("herald_errors", "err frames sent, by code", self.errors.clone());
-        r.register("herald_store_failures", "Store writes that could not be made durable", self.store_failures.clone());
+        r.register(
+            "herald_flow_stalls",
+            "Times a session waited for acks at max_inflight",
+            self.flow_stalls.clone(),
+        );
+        r.register(
+            "herald_evictions",
+            "Evictions by reason",
+            self.evictions.clone(),
+        );
+        r.register(
+            "herald_resumes",
+            "Resume attempts by outcome",
+            self.resumes.clone(),
+        );
+        r.register(
+            "herald_errors",
+            "err frames sent, by code",
+            self.errors.clone(),
+        );
+        r.register(
+            "herald_store_failures",
+            "Store writes that could not be made durable",
+            self.store_failures.clone(),
+        );
     }
 
     pub fn eviction(&self, reason: &str) {

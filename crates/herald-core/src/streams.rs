@@ -155,10 +155,7 @@ impl CommitListener for Streams {
                     continue;
                 };
                 e.last = e.last.max(m.offset);
-                let contiguous = e
-                    .tail
-                    .back()
-                    .is_none_or(|b| b.msg.offset + 1 == m.offset);
+                let contiguous = e.tail.back().is_none_or(|b| b.msg.offset + 1 == m.offset);
                 if !contiguous {
                     e.tail.clear();
                 }
@@ -199,11 +196,19 @@ mod tests {
         assert!(s.watch("chan:a", 1, n.clone()));
         s.loaded("chan:a", 0);
         assert!(matches!(s.fetch("chan:a", 0, 10), Fetch::CaughtUp));
-        s.committed(&[msg("chan:a", 1), msg("chan:a", 2), msg("chan:a", 3), msg("chan:a", 4)]);
+        s.committed(&[
+            msg("chan:a", 1),
+            msg("chan:a", 2),
+            msg("chan:a", 3),
+            msg("chan:a", 4),
+        ]);
         // Tail holds 2..=4; offset 1 is only in the store.
         assert!(matches!(s.fetch("chan:a", 0, 10), Fetch::NeedStore));
         match s.fetch("chan:a", 1, 10) {
-            Fetch::Ready(v) => assert_eq!(v.iter().map(|c| c.msg.offset).collect::<Vec<_>>(), [2, 3, 4]),
+            Fetch::Ready(v) => assert_eq!(
+                v.iter().map(|c| c.msg.offset).collect::<Vec<_>>(),
+                [2, 3, 4]
+            ),
             other => panic!("{other:?}"),
         }
         match s.fetch("chan:a", 2, 1) {
@@ -217,7 +222,11 @@ mod tests {
     #[test]
     fn inbox_frames_name_the_inbox() {
         let c = Cached::new(msg("inbox:bob", 7));
-        assert!(c.wire.starts_with(r#"{"t":"msg","s":"inbox","o":7"#), "{}", c.wire);
+        assert!(
+            c.wire.starts_with(r#"{"t":"msg","s":"inbox","o":7"#),
+            "{}",
+            c.wire
+        );
     }
 
     #[test]

@@ -67,10 +67,17 @@ pub fn decode_server_frame(text: &str) -> Vec<Result<ServerFrame, DecodeError>> 
     split(text, decode_server_object)
 }
 
-fn split<T>(text: &str, mut one: impl FnMut(&str) -> Result<T, DecodeError>) -> Vec<Result<T, DecodeError>> {
+fn split<T>(
+    text: &str,
+    mut one: impl FnMut(&str) -> Result<T, DecodeError>,
+) -> Vec<Result<T, DecodeError>> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return vec![Err(DecodeError::new(None, ErrorCode::BadFrame, "empty frame"))];
+        return vec![Err(DecodeError::new(
+            None,
+            ErrorCode::BadFrame,
+            "empty frame",
+        ))];
     }
     if !trimmed.contains('\n') {
         return vec![one(trimmed)];
@@ -169,7 +176,11 @@ fn decode_client_object(obj: &str, limits: &Limits) -> Decoded {
             check_seq(p.seq)?;
             let to = Target::parse(&p.to).map_err(|e| bad_target(seq, e))?;
             let body = p.body.ok_or_else(|| {
-                DecodeError::new(seq, ErrorCode::BadFrame, "bad `pub` frame: missing field `body`")
+                DecodeError::new(
+                    seq,
+                    ErrorCode::BadFrame,
+                    "bad `pub` frame: missing field `body`",
+                )
             })?;
             let len = body.get().len();
             if len > limits.max_body_bytes {
@@ -279,10 +290,20 @@ mod tests {
         }
         assert!(matches!(
             one(r#"{"t":"sub","seq":4,"chan":"room1","from":10}"#),
-            Ok(ClientFrame::Sub(Sub { seq: 4, from: Some(10), .. }))
+            Ok(ClientFrame::Sub(Sub {
+                seq: 4,
+                from: Some(10),
+                ..
+            }))
         ));
-        assert!(matches!(one(r#"{"t":"unsub","seq":5,"chan":"room1"}"#), Ok(ClientFrame::Unsub(_))));
-        assert!(matches!(one(r#"{"t":"ack","s":"inbox","o":7}"#), Ok(ClientFrame::Ack(_))));
+        assert!(matches!(
+            one(r#"{"t":"unsub","seq":5,"chan":"room1"}"#),
+            Ok(ClientFrame::Unsub(_))
+        ));
+        assert!(matches!(
+            one(r#"{"t":"ack","s":"inbox","o":7}"#),
+            Ok(ClientFrame::Ack(_))
+        ));
         assert_eq!(one(r#"{"t":"ping"}"#), Ok(ClientFrame::Ping));
         assert_eq!(one(r#"{"t":"pong"}"#), Ok(ClientFrame::Pong));
         assert_eq!(one(r#"{"t":"bye"}"#), Ok(ClientFrame::Bye));
@@ -312,7 +333,10 @@ mod tests {
     #[test]
     fn body_limit() {
         let limits = Limits { max_body_bytes: 10 };
-        let v = decode_frame(r#"{"t":"pub","seq":1,"to":"chan:a","body":"0123456789"}"#, &limits);
+        let v = decode_frame(
+            r#"{"t":"pub","seq":1,"to":"chan:a","body":"0123456789"}"#,
+            &limits,
+        );
         let e = v[0].clone().unwrap_err();
         assert_eq!((e.seq, e.code), (Some(1), ErrorCode::TooLarge));
     }
@@ -326,7 +350,10 @@ mod tests {
         assert_eq!(v.len(), 3);
         assert!(v[0].is_ok() && v[1].is_err() && v[2].is_ok());
         let pretty = "{\n  \"t\": \"ping\"\n}";
-        assert_eq!(decode_frame(pretty, &Limits::default()), vec![Ok(ClientFrame::Ping)]);
+        assert_eq!(
+            decode_frame(pretty, &Limits::default()),
+            vec![Ok(ClientFrame::Ping)]
+        );
     }
 
     #[test]

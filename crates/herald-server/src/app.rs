@@ -146,7 +146,11 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let left = app.tracker.drain(grace).await;
     if left > 0 {
-        warn!(left, grace_ms = grace.as_millis() as u64, "shutdown: connections still open after the grace period");
+        warn!(
+            left,
+            grace_ms = grace.as_millis() as u64,
+            "shutdown: connections still open after the grace period"
+        );
     }
     let _ = upkeep.await;
     engine.close_store().await.context("closing the store")?;

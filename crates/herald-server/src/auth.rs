@@ -148,10 +148,6 @@ impl Authenticator {
         Authenticator::new(&cfg.auth, &cfg.api, cfg.server.dev)
     }
 
-    pub(crate) fn dev(&self) -> bool {
-        self.dev
-    }
-
     /// One line for the startup log, e.g. `tokens: HS256, ES256; API keys: 2; dev mode: off`.
     pub(crate) fn describe(&self) -> String {
         let algs = self.accepted();
@@ -1038,7 +1034,7 @@ mod tests {
             true,
         )
         .expect("valid");
-        assert!(a.dev());
+        assert!(a.dev);
         let id = a
             .authenticate(&hello(None, Some("alice"), Some("phone")))
             .expect("dev uid");
@@ -1126,7 +1122,7 @@ mod tests {
     fn from_config_uses_server_dev() {
         let mut cfg = Config::default();
         cfg.server.dev = true;
-        assert!(Authenticator::from_config(&cfg).expect("valid").dev());
+        assert!(Authenticator::from_config(&cfg).expect("valid").dev);
     }
 
     #[test]

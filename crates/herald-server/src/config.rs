@@ -132,6 +132,12 @@ pub(crate) struct LimitsSection {
     pub(crate) send_queue_frames: usize,
     /// Initial read buffer per connection (memory per idle connection).
     pub(crate) read_buffer_bytes: u64,
+    /// Requests per second per connection; 0 = unlimited.
+    pub(crate) requests_per_sec: u32,
+    /// Requests above the steady rate a connection may send at once.
+    pub(crate) request_burst: u32,
+    /// Consecutive rate-limited requests before the connection is closed (4029).
+    pub(crate) rate_limit_strikes: u32,
 }
 
 impl Default for LimitsSection {
@@ -142,6 +148,9 @@ impl Default for LimitsSection {
             max_body_bytes: e.max_body_bytes,
             send_queue_frames: 1024,
             read_buffer_bytes: 4096,
+            requests_per_sec: e.requests_per_sec,
+            request_burst: e.request_burst,
+            rate_limit_strikes: e.rate_limit_strikes,
         }
     }
 }
@@ -282,6 +291,9 @@ impl Config {
                 dedupe_window_ms: self.dedupe.window_ms,
                 tombstone_ms: self.retention.tombstone_ms,
             },
+            requests_per_sec: self.limits.requests_per_sec,
+            request_burst: self.limits.request_burst,
+            rate_limit_strikes: self.limits.rate_limit_strikes,
             dev: self.server.dev,
             ..EngineConfig::default()
         }
@@ -340,8 +352,6 @@ const fn key(
 
 const MS: &str = "a whole number of milliseconds";
 const MS_OR_0: &str = "a whole number of milliseconds (0 disables)";
-const COUNT: &str = "a whole number";
-const BYTES: &str = "a whole number of bytes";
 const BOOL: &str = "true or false";
 
 /// Sections in file order, with the comment printed above each.
@@ -407,6 +417,12 @@ const KEYS: &[KeyDoc] = &[
         "Outbound frames buffered per connection before the connection is treated as stalled."),
     key("limits", "read_buffer_bytes", Kind::Int, "a whole number of bytes, at least 1024",
         "Initial read buffer per connection; it grows for larger frames. Small values save memory per idle connection."),
+    key("limits", "requests_per_sec", Kind::Int, "a whole number (0 = unlimited)",
+        "Requests (pub, sub, unsub) per second per connection; beyond it requests get err rate_limited and are not applied."),
+    key("limits", "request_burst", Kind::Int, "a whole number, at least 1",
+        "Requests a connection may send at once above the steady rate."),
+    key("limits", "rate_limit_strikes", Kind::Int, "a whole number, at least 1",
+        "Consecutive rate-limited requests after which the connection is closed (4029)."),
     key("retention", "channel_max_messages", Kind::Int, "a whole number (0 disables)",
         "Messages kept per channel; older ones are trimmed."),
     key("retention", "channel_max_age_ms", Kind::Int, MS_OR_0,
@@ -837,7 +853,12 @@ impl Loader {
             c.session.heartbeat_grace_ms,
             MIN_HEARTBEAT_MS,
         );
-        self.at_least("limits", "read_buffer_bytes", c.limits.read_buffer_bytes, 1024);
+        self.at_least(
+            "limits",
+            "read_buffer_bytes",
+            c.limits.read_buffer_bytes,
+            1024,
+        );
         self.at_least(
             "session",
             "max_bad_frames",

@@ -38,18 +38,28 @@ async fn offline_inbox_is_delivered_on_connect_and_acked_messages_are_not_redeli
     let mut alice = Client::connect(&s, "alice", "a1").await;
     let ok = alice.publish_ok("user:bob", json!({"text": "hi"})).await;
     assert_eq!(ok.s.as_deref(), Some("inbox"));
-    assert_eq!(ok.online, Some(0), "bob was offline: the sender knows at once");
+    assert_eq!(
+        ok.online,
+        Some(0),
+        "bob was offline: the sender knows at once"
+    );
     let ok2 = alice.publish_ok("user:bob", json!({"text": "again"})).await;
     assert_eq!(ok2.o, Some(2));
 
     let mut bob = Client::connect(&s, "bob", "phone").await;
     let m = bob.msgs(2).await;
-    assert_eq!((m[0].s.as_str(), m[0].o, m[0].from.as_str()), ("inbox", 1, "alice"));
+    assert_eq!(
+        (m[0].s.as_str(), m[0].o, m[0].from.as_str()),
+        ("inbox", 1, "alice")
+    );
     assert_eq!(m[1].o, 2);
     bob.ack("inbox", 1).await;
     // Resolve the ack before disconnecting: a ping round trip orders it.
     bob.send(json!({"t":"ping"})).await;
-    assert!(matches!(bob.next_non_ping().await, common::Event::Frame(ServerFrame::Pong)));
+    assert!(matches!(
+        bob.next_non_ping().await,
+        common::Event::Frame(ServerFrame::Pong)
+    ));
     drop(bob);
 
     // A new session for the same device starts after its durable cursor.
@@ -61,7 +71,10 @@ async fn offline_inbox_is_delivered_on_connect_and_acked_messages_are_not_redeli
 
     // Another device of bob's starts at the oldest retained message.
     let mut tablet = Client::connect(&s, "bob", "tablet").await;
-    assert_eq!(tablet.msgs(2).await.iter().map(|m| m.o).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        tablet.msgs(2).await.iter().map(|m| m.o).collect::<Vec<_>>(),
+        [1, 2]
+    );
 }
 
 #[tokio::test]
@@ -74,7 +87,10 @@ async fn sub_from_replays_history_then_goes_live() {
     let mut bob = Client::connect(&s, "bob", "b1").await;
     let ok = bob.subscribe("news", Some(2)).await;
     assert_eq!(ok.o, Some(4));
-    assert_eq!(bob.msgs(2).await.iter().map(|m| m.o).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(
+        bob.msgs(2).await.iter().map(|m| m.o).collect::<Vec<_>>(),
+        [3, 4]
+    );
     alice.publish_ok("chan:news", json!(5)).await;
     assert_eq!(bob.expect_msg().await.o, 5);
 }

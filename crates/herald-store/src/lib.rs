@@ -77,8 +77,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves the inbox cursor of (uid, device) forward to `offset` (never backwards) and marks
     /// that device's deliveries up to `offset` acknowledged at `ts`. Creates the device if new.
-    async fn set_cursor(&self, uid: &str, device: &str, offset: u64, ts: u64)
-        -> Result<(), StoreError>;
+    async fn set_cursor(
+        &self,
+        uid: &str,
+        device: &str,
+        offset: u64,
+        ts: u64,
+    ) -> Result<(), StoreError>;
 
     /// The inbox cursor of (uid, device); `None` for a device never seen.
     async fn cursor(&self, uid: &str, device: &str) -> Result<Option<u64>, StoreError>;

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 pub use herald_protocol::Body;
+use serde::{Deserialize, Serialize};
 
 /// The stream key of a user's inbox (`inbox:<uid>`). Names cannot contain `:`, so keys are
 /// unambiguous.
@@ -55,7 +55,11 @@ pub enum AppendOutcome {
     /// Stored now, at a new offset.
     Stored(std::sync::Arc<StoredMessage>),
     /// The idempotency key was known: nothing was stored; this is the original.
-    Duplicate { id: String, stream: String, offset: u64 },
+    Duplicate {
+        id: String,
+        stream: String,
+        offset: u64,
+    },
 }
 
 /// The offsets a stream holds: `first..=last`; empty when `first > last`.

@@ -239,8 +239,8 @@ fn mismatch(done: Done) -> StoreError {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn append(&self, msg: NewMessage) -> Result<AppendOutcome, StoreError> {
-        self.append_eager(msg).await
+    fn append(&self, msg: NewMessage) -> crate::AppendFuture {
+        Box::pin(self.append_eager(msg))
     }
 
     async fn read(

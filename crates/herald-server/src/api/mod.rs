@@ -88,13 +88,23 @@ pub(crate) async fn require_api_key(
         .and_then(|v| v.to_str().ok());
     match app.auth.check_api_key(header) {
         Ok(()) => next.run(req).await,
-        Err(e) => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
-            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            e.to_string(),
+        )
+        .into_response(),
     }
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+fn parse_json<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         if !ct.starts_with("application/json") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -124,7 +134,8 @@ pub(crate) async fn publish(
     raw: Bytes,
 ) -> ApiResult {
     let req: PublishReq = parse_json(&headers, &raw)?;
-    let to = Target::parse(&req.to).map_err(|e| ApiError::bad(ErrorCode::BadTarget, e.to_string()))?;
+    let to =
+        Target::parse(&req.to).map_err(|e| ApiError::bad(ErrorCode::BadTarget, e.to_string()))?;
     let body = req
         .body
         .ok_or_else(|| ApiError::bad(ErrorCode::BadFrame, "missing field `body`"))?;
@@ -133,17 +144,24 @@ pub(crate) async fn publish(
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::TooLarge,
-            format!("body is {} bytes; limits.max_body_bytes is {max}", body.get().len()),
+            format!(
+                "body is {} bytes; limits.max_body_bytes is {max}",
+                body.get().len()
+            ),
         ));
     }
     if let Some(id) = &req.id {
         if id.is_empty() || id.len() > herald_protocol::decode::MAX_ID_LEN {
-            return Err(ApiError::bad(ErrorCode::BadFrame, "`id` must be 1-256 bytes"));
+            return Err(ApiError::bad(
+                ErrorCode::BadFrame,
+                "`id` must be 1-256 bytes",
+            ));
         }
     }
     let from = match req.from {
         Some(f) => {
-            validate_name("from", &f).map_err(|e| ApiError::bad(ErrorCode::BadFrame, e.to_string()))?;
+            validate_name("from", &f)
+                .map_err(|e| ApiError::bad(ErrorCode::BadFrame, e.to_string()))?;
             f
         }
         None => API_SENDER.to_string(),
@@ -189,7 +207,10 @@ fn num(q: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> 
     match q.get(key) {
         None => Ok(None),
         Some(v) => v.parse().map(Some).map_err(|_| {
-            ApiError::bad(ErrorCode::BadFrame, format!("`{key}` must be a non-negative integer, got {v:?}"))
+            ApiError::bad(
+                ErrorCode::BadFrame,
+                format!("`{key}` must be a non-negative integer, got {v:?}"),
+            )
         }),
     }
 }

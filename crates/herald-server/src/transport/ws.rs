@@ -44,7 +44,10 @@ pub(crate) async fn upgrade(
         return crate::api::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
-            format!("server is at server.max_connections ({})", app.cfg.server.max_connections),
+            format!(
+                "server is at server.max_connections ({})",
+                app.cfg.server.max_connections
+            ),
         )
         .into_response();
     }
@@ -64,13 +67,16 @@ pub(crate) async fn upgrade(
 async fn serve(socket: WebSocket, app: Arc<App>, addr: SocketAddr) {
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel::<Out>(app.cfg.limits.send_queue_frames.max(1));
-    let writer = tokio::spawn(write_loop(sink, rx, app.cfg.limits.max_frame_bytes as usize));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        app.cfg.limits.max_frame_bytes as usize,
+    ));
     let peer = Peer {
         addr: addr.to_string(),
     };
-    match handshake(&app, &mut stream, &tx, peer).await {
-        Some((attached, rest)) => run(&app, attached, rest, &mut stream, &tx).await,
-        None => {}
+    if let Some((attached, rest)) = handshake(&app, &mut stream, &tx, peer).await {
+        run(&app, attached, rest, &mut stream, &tx).await;
     }
     drop(tx);
     if timeout(CLOSE_FLUSH, writer).await.is_err() {
@@ -98,10 +104,15 @@ async fn handshake(
     let text = match first {
         Err(_) => {
             info!(addr = %peer.addr, "no hello in time; closing");
-            fail(tx, None, close::HELLO_TIMEOUT, format!(
-                "no hello within {} ms (session.hello_timeout_ms)",
-                hello_timeout.as_millis()
-            ))
+            fail(
+                tx,
+                None,
+                close::HELLO_TIMEOUT,
+                format!(
+                    "no hello within {} ms (session.hello_timeout_ms)",
+                    hello_timeout.as_millis()
+                ),
+            )
             .await;
             return None;
         }
@@ -126,7 +137,13 @@ async fn handshake(
     let hello = match frames.next() {
         Some(Ok(ClientFrame::Hello(h))) => h,
         Some(Err(e)) => {
-            fail(tx, Some(e.code), close::PROTOCOL_ERROR, format!("bad hello: {}", e.msg)).await;
+            fail(
+                tx,
+                Some(e.code),
+                close::PROTOCOL_ERROR,
+                format!("bad hello: {}", e.msg),
+            )
+            .await;
             return None;
         }
         _ => {
@@ -145,7 +162,10 @@ async fn handshake(
             tx,
             Some(ErrorCode::BadFrame),
             close::PROTOCOL_ERROR,
-            format!("protocol version {} is not supported; this server speaks v1", hello.v),
+            format!(
+                "protocol version {} is not supported; this server speaks v1",
+                hello.v
+            ),
         )
         .await;
         return None;
@@ -154,7 +174,13 @@ async fn handshake(
         Ok(i) => i,
         Err(e) => {
             warn!(addr = %peer.addr, err = %e, "authentication failed");
-            fail(tx, Some(ErrorCode::Unauthorized), close::AUTH_FAILED, e.to_string()).await;
+            fail(
+                tx,
+                Some(ErrorCode::Unauthorized),
+                close::AUTH_FAILED,
+                e.to_string(),
+            )
+            .await;
             return None;
         }
     };
@@ -183,7 +209,12 @@ async fn handshake(
     let mut attached = attached;
     for e in errors {
         if let Some(out) = attached.handle_decode_error(e) {
-            if let Output::Close { frames, code, reason } = out {
+            if let Output::Close {
+                frames,
+                code,
+                reason,
+            } = out
+            {
                 let _ = tx.send(Out::Frames(frames)).await;
                 let _ = tx.send(Out::Close(code, reason)).await;
             }
@@ -196,7 +227,9 @@ async fn handshake(
 async fn fail(tx: &mpsc::Sender<Out>, code: Option<ErrorCode>, close_code: u16, msg: String) {
     if let Some(code) = code {
         let _ = tx
-            .send(Out::Frames(vec![ServerFrame::err(None, code, msg.clone()).encode()]))
+            .send(Out::Frames(vec![
+                ServerFrame::err(None, code, msg.clone()).encode()
+            ]))
             .await;
     }
     let _ = tx.send(Out::Close(close_code, msg)).await;
@@ -365,7 +398,11 @@ async fn write_loop(
                 text.push_str(f);
                 backlog.pop_front();
             }
-            if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+            if sink
+                .send(Message::Text(Utf8Bytes::from(text)))
+                .await
+                .is_err()
+            {
                 return;
             }
             continue;

@@ -50,7 +50,10 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(dir)
-            .env("RUST_LOG", std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         // Fast durability keeps the suite quick; the crash test sets fsync itself.
@@ -113,16 +116,20 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.trim_start_matches("HERALD_"), v.as_str()))
             .collect();
-        let next = Server::start_in(&self.dir, &pairs, true);
-        self.child = next.child;
-        self.addr = next.addr;
+        let mut next = Server::start_in(&self.dir, &pairs, true);
+        // `next` now holds the old (exited) child and is dropped.
+        std::mem::swap(&mut self.child, &mut next.child);
+        self.addr = next.addr.clone();
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = reqwest::get(self.http(path)).await.expect("http get");
         let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -253,7 +260,9 @@ impl Client {
 
     /// The next server event (frame or close), waiting up to [`WAIT`].
     pub async fn next(&mut self) -> Event {
-        self.next_within(WAIT).await.expect("timed out waiting for a server frame")
+        self.next_within(WAIT)
+            .await
+            .expect("timed out waiting for a server frame")
     }
 
     pub async fn next_within(&mut self, d: Duration) -> Option<Event> {
@@ -262,15 +271,19 @@ impl Client {
         }
         let deadline = tokio::time::Instant::now() + d;
         loop {
-            let m = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             match m {
                 Some(Ok(Message::Text(t))) => {
                     for f in decode_server_frame(t.as_str()) {
-                        self.queue.push_back(Event::Frame(f.expect("server frame decodes")));
+                        self.queue
+                            .push_back(Event::Frame(f.expect("server frame decodes")));
                     }
                 }
                 Some(Ok(Message::Close(c))) => {
-                    self.queue.push_back(Event::Closed(c.map(|c| u16::from(c.code))));
+                    self.queue
+                        .push_back(Event::Closed(c.map(|c| u16::from(c.code))));
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => self.queue.push_back(Event::Closed(None)),

@@ -580,7 +580,7 @@ impl Attached {
         let (tx, rx) = oneshot::channel();
         let engine = self.engine.clone();
         let session = self.session.clone();
-        tokio::spawn(async move {
+        self.engine.spawn_bg(async move {
             let frame = match engine.count_append(fut.await) {
                 Ok(out) => {
                     let p = engine.published(out, user.as_deref());
@@ -653,7 +653,7 @@ impl Attached {
         let (tx, rx) = oneshot::channel();
         let engine = self.engine.clone();
         let session = self.session.clone();
-        tokio::spawn(async move {
+        self.engine.spawn_bg(async move {
             let (frame, effect) = match engine.persist_checked(&session).await {
                 Ok(()) => (
                     ServerFrame::Ok(OkFrame {
@@ -704,7 +704,7 @@ impl Attached {
         let (tx, rx) = oneshot::channel();
         let engine = self.engine.clone();
         let session = self.session.clone();
-        tokio::spawn(async move {
+        self.engine.spawn_bg(async move {
             let frame = match engine.persist_checked(&session).await {
                 Ok(()) => ServerFrame::Ok(OkFrame {
                     seq,
@@ -760,7 +760,7 @@ impl Attached {
         if key == self.inbox {
             let engine = self.engine.clone();
             let (uid, device) = (self.session.uid.clone(), self.session.device.clone());
-            tokio::spawn(async move {
+            self.engine.spawn_bg(async move {
                 let now = engine.now_ms();
                 if let Err(err) = engine.store().set_cursor(&uid, &device, upto, now).await {
                     warn!(uid = %uid, device = %device, %err, "inbox cursor not persisted");
@@ -900,7 +900,7 @@ impl Attached {
                     })
                     .collect();
                 let engine = self.engine.clone();
-                tokio::spawn(async move {
+                self.engine.spawn_bg(async move {
                     for r in records {
                         if let Err(err) = engine.store().record_sent(r).await {
                             warn!(%err, "delivery record not written");

@@ -200,6 +200,9 @@ pub(crate) struct EngineInner {
     events: broadcast::Sender<Event>,
     shutting_down: AtomicBool,
     next_watcher: AtomicU64,
+    /// Background writes (cursors, delivery records, events, session state) still running.
+    background: std::sync::atomic::AtomicUsize,
+    background_idle: tokio::sync::Notify,
 }
 
 /// The engine. Cheap to clone.
@@ -273,6 +276,8 @@ impl Engine {
                 events,
                 shutting_down: AtomicBool::new(false),
                 next_watcher: AtomicU64::new(1),
+                background: std::sync::atomic::AtomicUsize::new(0),
+                background_idle: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -323,6 +328,40 @@ impl Engine {
         g.entry(uid.to_string()).or_default().clone()
     }
 
+    /// Runs a background write; [`Engine::close_store`] waits for these before closing.
+    pub(crate) fn spawn_bg<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.background.fetch_add(1, Ordering::SeqCst);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            fut.await;
+            if inner.background.fetch_sub(1, Ordering::SeqCst) == 1 {
+                inner.background_idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Waits (up to `limit`) until no background write is running.
+    pub async fn settle(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let idle = self.inner.background_idle.notified();
+                if self.inner.background.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            warn!(
+                "background writes still running after {} ms",
+                limit.as_millis()
+            );
+        }
+    }
+
     pub(crate) fn next_watcher(&self) -> u64 {
         self.inner.next_watcher.fetch_add(1, Ordering::Relaxed)
     }
@@ -348,7 +387,7 @@ impl Engine {
         };
         let store = self.inner.store.clone();
         let tx = self.inner.events.clone();
-        tokio::spawn(async move {
+        self.spawn_bg(async move {
             match store.append_event(e).await {
                 Ok(ev) => {
                     let _ = tx.send(ev);
@@ -744,7 +783,7 @@ impl Engine {
 
     pub(crate) fn persist_later(&self, s: Arc<SessionShared>) {
         let engine = self.clone();
-        tokio::spawn(async move { engine.persist(&s).await });
+        self.spawn_bg(async move { engine.persist(&s).await });
     }
 
     /// A connection ended. `bye` ends the session; otherwise it waits for a resume.
@@ -1036,6 +1075,7 @@ impl Engine {
 
     /// Persists every session and closes the store. Call after connections drained.
     pub async fn close_store(&self) -> Result<(), StoreError> {
+        self.settle(Duration::from_secs(10)).await;
         let all: Vec<Arc<SessionShared>> = self.registry().sessions.values().cloned().collect();
         for s in all {
             {

@@ -104,10 +104,12 @@ struct Probe<'a> {
 
 fn probe(obj: &str) -> Result<(String, Option<u64>), DecodeError> {
     let p: Probe<'_> = serde_json::from_str(obj).map_err(|e| {
-        let msg = if e.is_data() {
-            format!("a frame must be a JSON object: {e}")
-        } else {
+        let msg = if !e.is_data() {
             format!("invalid JSON: {e}")
+        } else if obj.starts_with('{') {
+            format!("bad frame: {e}")
+        } else {
+            "a frame must be a JSON object".to_string()
         };
         DecodeError::new(None, ErrorCode::BadFrame, msg)
     })?;
@@ -311,6 +313,12 @@ mod tests {
 
     #[test]
     fn errors_are_specific_and_carry_seq() {
+        let e = one(r#"{"t":1}"#).unwrap_err();
+        assert!(
+            e.msg.starts_with("bad frame: invalid type: integer"),
+            "{}",
+            e.msg
+        );
         let e = one(r#"{"t":"pub","seq":9,"to":"bob","body":1}"#).unwrap_err();
         assert_eq!((e.seq, e.code), (Some(9), ErrorCode::BadTarget));
         let e = one(r#"{"t":"pub","seq":9,"to":"user:bob"}"#).unwrap_err();

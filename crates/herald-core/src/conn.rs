@@ -654,7 +654,7 @@ impl Attached {
         let engine = self.engine.clone();
         let session = self.session.clone();
         tokio::spawn(async move {
-            let (frame, effect) = match engine.persist_checked(&session).await {
+            let (frame, effect) = match engine.persist_answering(&session, seq).await {
                 Ok(()) => (
                     ServerFrame::Ok(OkFrame {
                         seq,
@@ -705,7 +705,7 @@ impl Attached {
         let engine = self.engine.clone();
         let session = self.session.clone();
         tokio::spawn(async move {
-            let frame = match engine.persist_checked(&session).await {
+            let frame = match engine.persist_answering(&session, seq).await {
                 Ok(()) => ServerFrame::Ok(OkFrame {
                     seq,
                     s: Some(key),

@@ -165,6 +165,8 @@ pub struct Attached {
     stalled: bool,
     read_failed: bool,
     bye: bool,
+    /// The engine was told this connection ended.
+    detached: bool,
     rate: RateLimit,
 }
 
@@ -228,6 +230,7 @@ impl Attached {
             stalled: false,
             read_failed: false,
             bye: false,
+            detached: false,
             rate: RateLimit::new(cfg.requests_per_sec, cfg.request_burst),
         };
         // Dropping `a` on an error below detaches cleanly.
@@ -318,7 +321,10 @@ impl Attached {
             }
             ClientFrame::Pong => None,
             ClientFrame::Bye => {
+                // End the session before the close is written, so a resume racing the close
+                // cannot be granted.
                 self.bye = true;
+                self.detach();
                 Some(Output::Close {
                     frames: Vec::new(),
                     code: 1000,
@@ -654,7 +660,7 @@ impl Attached {
         let engine = self.engine.clone();
         let session = self.session.clone();
         self.engine.spawn_bg(async move {
-            let (frame, effect) = match engine.persist_checked(&session).await {
+            let (frame, effect) = match engine.persist_answering(&session, seq).await {
                 Ok(()) => (
                     ServerFrame::Ok(OkFrame {
                         seq,
@@ -705,7 +711,7 @@ impl Attached {
         let engine = self.engine.clone();
         let session = self.session.clone();
         self.engine.spawn_bg(async move {
-            let frame = match engine.persist_checked(&session).await {
+            let frame = match engine.persist_answering(&session, seq).await {
                 Ok(()) => ServerFrame::Ok(OkFrame {
                     seq,
                     s: Some(key),
@@ -914,13 +920,24 @@ impl Attached {
     }
 }
 
-impl Drop for Attached {
-    fn drop(&mut self) {
+impl Attached {
+    /// Releases the session (once): stops watching streams and tells the engine.
+    fn detach(&mut self) {
+        if self.detached {
+            return;
+        }
+        self.detached = true;
         for key in self.positions.keys() {
             self.engine.streams().unwatch(key, self.watcher);
         }
         self.engine
             .detached(&self.session, self.generation, self.bye);
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 

@@ -762,11 +762,24 @@ impl Engine {
 
     /// Writes the session's current state (the newest snapshot always wins).
     pub(crate) async fn persist_checked(&self, s: &SessionShared) -> Result<(), StoreError> {
+        self.persist_answering(s, 0).await
+    }
+
+    /// Writes the session's current state as having processed request `seq`, which is
+    /// answered only after this write: the durable `acked_seq` must cover every answered
+    /// request, or a resume after a crash would let the client apply it again.
+    pub(crate) async fn persist_answering(
+        &self,
+        s: &SessionShared,
+        seq: u64,
+    ) -> Result<(), StoreError> {
         let _serial = s.persist.lock().await;
         let rec = {
             let mut g = s.lock();
             g.dirty = false;
-            s.record_locked(&g)
+            let mut rec = s.record_locked(&g);
+            rec.acked_seq = rec.acked_seq.max(seq);
+            rec
         };
         let r = self.inner.store.put_session(rec).await;
         if r.is_err() {

@@ -1286,8 +1286,8 @@ mod tests {
         assert_eq!(
             err_env(&[("HERALD_SESSION__HEARTBEAT", "1")]),
             "unknown key session.heartbeat (from HERALD_SESSION__HEARTBEAT); known keys in \
-             [session]: reconnect_timeout_ms, heartbeat_ms, hello_timeout_ms, max_inflight, \
-             max_bad_frames"
+             [session]: reconnect_timeout_ms, heartbeat_ms, heartbeat_grace_ms, hello_timeout_ms, \
+             max_inflight, max_bad_frames"
         );
         let e = err_env(&[("HERALD_SESION__HEARTBEAT_MS", "1")]);
         assert!(e.starts_with("unknown section [sesion] (from HERALD_SESION__HEARTBEAT_MS); known sections: server, identity, session"), "{e}");
@@ -1300,7 +1300,8 @@ mod tests {
             r.expect_err("unknown key").to_string(),
             format!(
                 "unknown key session.heartbeat (from {}); known keys in [session]: \
-                 reconnect_timeout_ms, heartbeat_ms, hello_timeout_ms, max_inflight, max_bad_frames",
+                 reconnect_timeout_ms, heartbeat_ms, heartbeat_grace_ms, hello_timeout_ms, \
+                 max_inflight, max_bad_frames",
                 path.display()
             )
         );

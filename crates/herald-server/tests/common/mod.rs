@@ -401,3 +401,121 @@ impl Client {
         drop(self);
     }
 }
+
+/// Polling helpers for state that is only observable over HTTP (sessions, events, metrics).
+impl Server {
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .delete(self.http(path))
+            .send()
+            .await
+            .expect("http delete");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs `path` until `pred` holds for the JSON answer (or panics after [`WAIT`]).
+    pub async fn poll(&self, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, v) = self.get(path).await;
+            if status == 200 && pred(&v) {
+                return v;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("GET {path}: condition not met within {WAIT:?}; last answer {status} {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `/v1/sessions?uid=` entry of session `id`, if open.
+    pub async fn session_info(&self, uid: &str, id: &str) -> Option<Value> {
+        let (_, v) = self.get(&format!("/v1/sessions?uid={uid}")).await;
+        v["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|s| s["id"] == id).cloned())
+    }
+
+    /// Waits until the server has noticed that session `id` has no connection any more
+    /// (state `disconnected`, or closed and gone from the list).
+    pub async fn wait_detached(&self, uid: &str, id: &str) {
+        self.poll(&format!("/v1/sessions?uid={uid}"), |v| {
+            v["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|s| s["id"] == id))
+                .is_none_or(|s| s["state"] != "connected")
+        })
+        .await;
+    }
+
+    /// The value of one Prometheus sample, e.g. `herald_evictions_total{reason="replaced"}`
+    /// (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = reqwest::get(self.http("/metrics"))
+            .await
+            .expect("http get /metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.strip_prefix(sample))
+            .filter_map(|rest| rest.strip_prefix(' '))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .next()
+            .unwrap_or(0.0)
+    }
+}
+
+impl Client {
+    /// Opens a WebSocket and sends `hello` without waiting for the answer (for refusals).
+    pub async fn hello_raw(server: &Server, hello: Value) -> Client {
+        let mut c = Client::raw(server).await;
+        c.send(hello).await;
+        c
+    }
+
+    /// The `hello` that resumes `w`'s session.
+    pub fn resume_hello(w: &Welcome) -> Value {
+        json!({"t":"hello","v":1,"uid":w.uid,"device":w.device,
+               "resume":{"session":w.session,"key":w.key}})
+    }
+
+    /// Sends without panicking; false if the connection is gone.
+    pub async fn try_send(&mut self, v: Value) -> bool {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .is_ok()
+    }
+
+    /// Sends a ping and waits for the pong: every frame sent before it has been handled.
+    pub async fn sync(&mut self) {
+        self.send(json!({"t":"ping"})).await;
+        let mut held = VecDeque::new();
+        loop {
+            match self.next().await {
+                Event::Frame(ServerFrame::Pong) => break,
+                Event::Frame(ServerFrame::Ping) => {}
+                Event::Closed(c) => panic!("closed ({c:?}) while waiting for pong"),
+                other => held.push_back(other),
+            }
+        }
+        while let Some(e) = held.pop_back() {
+            self.queue.push_front(e);
+        }
+    }
+}
+
+impl Client {
+    /// Expects the very next frame to be `evicted` (no welcome before it), then the close.
+    pub async fn expect_evicted_first(&mut self) -> (herald_protocol::Evicted, Option<u16>) {
+        match self.next_non_ping().await {
+            Event::Frame(ServerFrame::Evicted(e)) => {
+                let code = self.expect_close().await;
+                (e, code)
+            }
+            other => panic!("expected an evicted frame first, got {other:?}"),
+        }
+    }
+}

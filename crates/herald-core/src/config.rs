@@ -81,8 +81,8 @@ impl Default for EngineConfig {
                 tombstone_ms: 24 * 3600 * 1000,
             },
             tail_cache_messages: 1024,
-            requests_per_sec: 1000,
-            request_burst: 2000,
+            requests_per_sec: 10_000,
+            request_burst: 20_000,
             rate_limit_strikes: 100,
             dev: false,
         }

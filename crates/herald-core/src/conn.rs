@@ -270,7 +270,11 @@ impl Attached {
     pub async fn handle(&mut self, frame: ClientFrame) -> Option<Output> {
         self.session.lock().last_seen_ms = self.engine.now_ms();
         if let Some(seq) = frame.seq() {
-            if !self.rate.take() {
+            // A request already processed is answered from the cache and never applied again,
+            // so it takes no token: rate-limiting it would replace its original answer with
+            // rate_limited ("send it again"), and the resent message would be stored twice.
+            let processed = seq <= self.session.lock().acked_seq;
+            if !processed && !self.rate.take() {
                 let cfg = self.engine.config();
                 let (per_sec, strikes) = (cfg.requests_per_sec, cfg.rate_limit_strikes);
                 self.reject(

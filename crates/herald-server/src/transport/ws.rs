@@ -28,6 +28,9 @@ use crate::app::App;
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Most queued frames joined into one WebSocket frame.
 const WRITE_BATCH: usize = 1024;
+/// After the close frame is written, how long the socket stays open for the client to read it
+/// (see [`linger`]).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 enum Out {
     Frames(Vec<String>),
@@ -75,13 +78,43 @@ async fn serve(socket: WebSocket, app: Arc<App>, addr: SocketAddr) {
     let peer = Peer {
         addr: addr.to_string(),
     };
+    let mut input_abandoned = false;
     if let Some((attached, rest)) = handshake(&app, &mut stream, &tx, peer).await {
-        run(&app, attached, rest, &mut stream, &tx).await;
+        input_abandoned = run(&app, attached, rest, &mut stream, &tx).await;
     }
     drop(tx);
     if timeout(CLOSE_FLUSH, writer).await.is_err() {
         debug!(addr = %addr, "writer did not flush before close");
+        return;
     }
+    // Shutting down: the process is about to exit, so do not hold it up.
+    let mut shutdown = app.shutdown.clone();
+    tokio::select! {
+        _ = linger(&mut stream, input_abandoned) => {}
+        _ = shutdown.wait() => {}
+    }
+}
+
+/// Keeps the socket open until the client has read the close frame. Closing a TCP socket that
+/// still holds unread input makes the kernel reset the connection, and the reset can destroy
+/// the close frame (and the `err` before it) before the client reads them: a client flooding
+/// requests would never learn it was closed 4029, nor one sending an oversized frame 1009.
+/// So the input is read and discarded until the client answers the close (or hangs up), at most
+/// [`CLOSE_LINGER`]. When the input cannot be read any more (`abandoned`: the rest of an
+/// oversized frame is still unread), the socket is simply held open that long.
+async fn linger(stream: &mut futures_util::stream::SplitStream<WebSocket>, abandoned: bool) {
+    if abandoned {
+        tokio::time::sleep(CLOSE_LINGER).await;
+        return;
+    }
+    let _ = timeout(CLOSE_LINGER, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads the first frame, authenticates and opens the session. On failure the right error
@@ -235,14 +268,15 @@ async fn fail(tx: &mpsc::Sender<Out>, code: Option<ErrorCode>, close_code: u16, 
     let _ = tx.send(Out::Close(close_code, msg)).await;
 }
 
-/// The connected loop.
+/// The connected loop. Returns true when it stopped reading in the middle of a frame (an
+/// oversized one), so unread input remains.
 async fn run(
     app: &Arc<App>,
     mut attached: Attached,
     first: Vec<ClientFrame>,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     tx: &mpsc::Sender<Out>,
-) {
+) -> bool {
     let heartbeat = Duration::from_millis(app.cfg.session.heartbeat_ms);
     let dead_after = heartbeat + Duration::from_millis(app.cfg.session.heartbeat_grace_ms);
     let limits = Limits {
@@ -258,6 +292,7 @@ async fn run(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut close: Option<(u16, String)> = None;
+    let mut abandoned = false;
     for f in first {
         if let Some(out) = attached.handle(f).await {
             close = Some(finish(tx, out).await);
@@ -305,6 +340,7 @@ async fn run(
                             let _ = tx.send(Out::Frames(vec![ServerFrame::err(None, ErrorCode::TooLarge, reason.clone()).encode()])).await;
                             let _ = tx.send(Out::Close(close::FRAME_TOO_LARGE, reason.clone())).await;
                             close = Some((close::FRAME_TOO_LARGE, reason));
+                            abandoned = true;
                         } else {
                             close = Some((1006, format!("transport error: {msg}")));
                         }
@@ -335,6 +371,7 @@ async fn run(
     let (code, reason) = close.unwrap_or((1000, String::new()));
     info!(uid = %uid, session = %session, conn = %conn, code, reason = %reason, "disconnected");
     drop(attached);
+    abandoned
 }
 
 /// Queues the final frames and the close; returns the close for logging.

@@ -166,6 +166,8 @@ pub struct Client {
     queue: VecDeque<Event>,
     pub seq: u64,
     pub welcome: Option<Welcome>,
+    /// WebSocket text frames received so far (one may hold several newline-separated objects).
+    pub text_frames: u64,
 }
 
 impl Client {
@@ -179,6 +181,7 @@ impl Client {
             queue: VecDeque::new(),
             seq: 0,
             welcome: None,
+            text_frames: 0,
         }
     }
 
@@ -223,6 +226,11 @@ impl Client {
             .send(Message::Text(t.into()))
             .await
             .expect("ws send");
+    }
+
+    /// Sends any WebSocket message (e.g. a binary frame).
+    pub async fn send_message(&mut self, m: Message) {
+        self.ws.send(m).await.expect("ws send");
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -276,6 +284,7 @@ impl Client {
                 .ok()?;
             match m {
                 Some(Ok(Message::Text(t))) => {
+                    self.text_frames += 1;
                     for f in decode_server_frame(t.as_str()) {
                         self.queue
                             .push_back(Event::Frame(f.expect("server frame decodes")));

@@ -644,7 +644,7 @@ impl Engine {
             resume_error,
         )
         .await?;
-        self.inner.metrics.connections.inc();
+        // `Attached::new` counted the connection; its drop (`detached`) uncounts it.
         info!(uid = %s.uid, device = %s.device, session = %s.id, conn = %conn_id,
             addr = %peer.addr, resumed, "connected");
         Ok(attached)

@@ -1013,6 +1013,9 @@ impl Engine {
         if trim {
             match self.inner.store.trim(now, &self.inner.cfg.retention).await {
                 Ok(t) if !t.is_empty() => {
+                    for x in &t {
+                        self.inner.streams.trimmed(&x.stream, x.first);
+                    }
                     let removed: u64 = t.iter().map(|t| t.removed).sum();
                     info!(streams = t.len(), removed, "retention trimmed messages");
                 }

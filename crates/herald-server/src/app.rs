@@ -59,6 +59,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(api)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)

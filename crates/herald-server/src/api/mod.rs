@@ -266,10 +266,13 @@ pub(crate) async fn stream(
     let key = stream_key(&s)?;
     let after = num(&q, "after")?.unwrap_or(0);
     let store = app.engine.store();
-    let items = store.read(&key, after, limit(&q)?).await?;
+    // Bounds first, and no item past them: an append landing between the two reads must not
+    // make `last` name an offset the items do not hold.
     let b = store.bounds(&key).await?;
+    let items = store.read(&key, after, limit(&q)?).await?;
     let items: Vec<_> = items
         .iter()
+        .filter(|m| m.offset <= b.last)
         .map(|m| herald_core::engine::MessageView::of(m))
         .collect();
     Ok(Json(json!({ "s": key, "first": b.first, "last": b.last, "items": items })).into_response())

@@ -683,7 +683,7 @@ impl Engine {
             resume_error,
         )
         .await?;
-        self.inner.metrics.connections.inc();
+        // `Attached::new` counted the connection; its drop (`detached`) uncounts it.
         info!(uid = %s.uid, device = %s.device, session = %s.id, conn = %conn_id,
             addr = %peer.addr, resumed, "connected");
         Ok(attached)
@@ -1065,6 +1065,9 @@ impl Engine {
         if trim {
             match self.inner.store.trim(now, &self.inner.cfg.retention).await {
                 Ok(t) if !t.is_empty() => {
+                    for x in &t {
+                        self.inner.streams.trimmed(&x.stream, x.first);
+                    }
                     let removed: u64 = t.iter().map(|t| t.removed).sum();
                     info!(streams = t.len(), removed, "retention trimmed messages");
                 }

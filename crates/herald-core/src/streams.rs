@@ -117,6 +117,17 @@ impl Streams {
         g.get(key).filter(|e| e.loaded).map(|e| e.last)
     }
 
+    /// Retention moved the oldest retained offset of `key` to `first`: forget the older
+    /// cached messages, so readers behind `first` read the store and are told about the gap.
+    pub fn trimmed(&self, key: &str, first: u64) {
+        let mut g = self.lock();
+        if let Some(e) = g.get_mut(key) {
+            while e.tail.front().is_some_and(|c| c.msg.offset < first) {
+                e.tail.pop_front();
+            }
+        }
+    }
+
     /// Up to `limit` messages after `after`, from memory.
     pub fn fetch(&self, key: &str, after: u64, limit: usize) -> Fetch {
         let g = self.lock();
@@ -217,6 +228,23 @@ mod tests {
         }
         assert!(matches!(s.fetch("chan:a", 4, 10), Fetch::CaughtUp));
         assert_eq!(s.last("chan:a"), Some(4));
+    }
+
+    #[test]
+    fn trimmed_messages_are_not_served_from_the_tail() {
+        let s = Streams::new(10);
+        s.watch("chan:a", 1, Arc::new(Notify::new()));
+        s.loaded("chan:a", 0);
+        s.committed(&[msg("chan:a", 1), msg("chan:a", 2), msg("chan:a", 3)]);
+        s.trimmed("chan:a", 3);
+        assert!(matches!(s.fetch("chan:a", 0, 10), Fetch::NeedStore));
+        match s.fetch("chan:a", 2, 10) {
+            Fetch::Ready(v) => assert_eq!(v[0].msg.offset, 3),
+            other => panic!("{other:?}"),
+        }
+        s.trimmed("chan:a", 4);
+        assert!(matches!(s.fetch("chan:a", 0, 10), Fetch::NeedStore));
+        assert!(matches!(s.fetch("chan:a", 3, 10), Fetch::CaughtUp));
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(api)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
@@ -114,17 +115,15 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(UPKEEP_EVERY);
-            let mut last_trim = 0u64;
+            // Its own timer: retention.trim_interval_ms may be shorter than the upkeep period.
+            let mut trim_timer = tokio::time::interval(Duration::from_millis(trim_every.max(1)));
+            trim_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = every.tick() => {}
+                let trim = tokio::select! {
+                    _ = every.tick() => false,
+                    _ = trim_timer.tick(), if trim_every > 0 => true,
                     _ = stop.wait() => return,
-                }
-                let now = engine.now_ms();
-                let trim = trim_every > 0 && now.saturating_sub(last_trim) >= trim_every;
-                if trim {
-                    last_trim = now;
-                }
+                };
                 engine.tick(trim).await;
             }
         })

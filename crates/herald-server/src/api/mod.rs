@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -131,8 +132,17 @@ struct PublishReq {
 pub(crate) async fn publish(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    raw: Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    // A body over the router's size limit is refused while reading it; answer in our shape.
+    let raw = raw.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::TooLarge
+        } else {
+            ErrorCode::BadFrame
+        };
+        ApiError::new(e.status(), code, e.body_text())
+    })?;
     let req: PublishReq = parse_json(&headers, &raw)?;
     let to =
         Target::parse(&req.to).map_err(|e| ApiError::bad(ErrorCode::BadTarget, e.to_string()))?;
@@ -256,10 +266,13 @@ pub(crate) async fn stream(
     let key = stream_key(&s)?;
     let after = num(&q, "after")?.unwrap_or(0);
     let store = app.engine.store();
-    let items = store.read(&key, after, limit(&q)?).await?;
+    // Bounds first, and no item past them: an append landing between the two reads must not
+    // make `last` name an offset the items do not hold.
     let b = store.bounds(&key).await?;
+    let items = store.read(&key, after, limit(&q)?).await?;
     let items: Vec<_> = items
         .iter()
+        .filter(|m| m.offset <= b.last)
         .map(|m| herald_core::engine::MessageView::of(m))
         .collect();
     Ok(Json(json!({ "s": key, "first": b.first, "last": b.last, "items": items })).into_response())
@@ -339,6 +352,16 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// A known path with a method it does not serve.
+pub(crate) async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::NotFound,
+        "method not allowed on this endpoint; see docs/protocol.md for the HTTP API",
+    )
+    .into_response()
 }
 
 /// Any other path.

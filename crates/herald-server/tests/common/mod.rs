@@ -142,6 +142,91 @@ impl Server {
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
+
+    /// POSTs raw bytes with an optional content type; the answer as JSON when it parses,
+    /// otherwise as a JSON string of the text.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new().post(self.http(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let r = req.send().await.expect("http post");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .delete(self.http(path))
+            .send()
+            .await
+            .expect("http delete");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// GET as text (for `/metrics`).
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(self.http(path)).await.expect("http get");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    /// Polls `GET path` until it answers 200 with a body satisfying `ok`; returns that body.
+    /// Panics after [`WAIT`] with the last answer.
+    pub async fn wait_for(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, v) = self.get(path).await;
+            if status == 200 && ok(&v) {
+                return v;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("GET {path}: condition not met within {WAIT:?}; last answer {status} {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `/metrics` until `series` (name with labels, e.g. `herald_gaps_total`) has a
+    /// value satisfying `ok`; returns it. Panics after [`WAIT`].
+    pub async fn wait_metric(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (_, text) = self.get_text("/metrics").await;
+            let v = metric(&text, series);
+            if let Some(v) = v.filter(|v| ok(*v)) {
+                return v;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "metric {series}: condition not met within {WAIT:?}; last value {v:?}\n{text}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The value of one series in Prometheus text (`name` or `name{labels}` exactly as printed).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 impl Drop for Server {
@@ -260,6 +345,31 @@ impl Client {
         }
         self.send(f).await;
         self.expect_ok(seq).await
+    }
+
+    /// Sends a request object with the next `seq` filled in; returns that seq.
+    pub async fn request(&mut self, mut v: Value) -> u64 {
+        let seq = self.next_seq();
+        v["seq"] = json!(seq);
+        self.send(v).await;
+        seq
+    }
+
+    /// A ping round trip: everything sent before it has been handled by the server when it
+    /// returns. Frames received meanwhile stay queued, in order.
+    pub async fn round_trip(&mut self) {
+        self.send(json!({"t":"ping"})).await;
+        let mut held = VecDeque::new();
+        loop {
+            match self.next().await {
+                Event::Frame(ServerFrame::Pong) => break,
+                Event::Closed(c) => panic!("closed ({c:?}) while waiting for pong"),
+                other => held.push_back(other),
+            }
+        }
+        while let Some(e) = held.pop_back() {
+            self.queue.push_front(e);
+        }
     }
 
     pub async fn ack(&mut self, s: &str, o: u64) {

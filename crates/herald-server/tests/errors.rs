@@ -725,3 +725,25 @@ async fn a_client_flooding_requests_still_receives_the_4029_close() {
     assert_eq!(code, Some(4029));
     assert_eq!(limited, 3, "closed at the third consecutive strike");
 }
+
+#[tokio::test]
+async fn an_oversized_hello_gets_too_large_and_closes_1009() {
+    let s = Server::start(&[
+        ("LIMITS__MAX_FRAME_BYTES", "4096"),
+        ("LIMITS__MAX_BODY_BYTES", "2048"),
+    ]);
+    let mut c = Client::raw(&s).await;
+    let pad = "x".repeat(5000);
+    c.send_text(format!(
+        r#"{{"t":"hello","v":1,"uid":"alice","pad":"{pad}"}}"#
+    ))
+    .await;
+    let code = loop {
+        match c.next().await {
+            Event::Frame(ServerFrame::Err(e)) => assert_eq!(e.code, ErrorCode::TooLarge),
+            Event::Closed(code) => break code,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1009));
+}

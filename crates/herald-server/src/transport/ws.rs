@@ -79,8 +79,11 @@ async fn serve(socket: WebSocket, app: Arc<App>, addr: SocketAddr) {
         addr: addr.to_string(),
     };
     let mut input_abandoned = false;
-    if let Some((attached, rest)) = handshake(&app, &mut stream, &tx, peer).await {
-        input_abandoned = run(&app, attached, rest, &mut stream, &tx).await;
+    match handshake(&app, &mut stream, &tx, peer).await {
+        Ok((attached, rest)) => {
+            input_abandoned = run(&app, attached, rest, &mut stream, &tx).await;
+        }
+        Err(abandoned) => input_abandoned = abandoned,
     }
     drop(tx);
     if timeout(CLOSE_FLUSH, writer).await.is_err() {
@@ -124,14 +127,14 @@ async fn handshake(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     tx: &mpsc::Sender<Out>,
     peer: Peer,
-) -> Option<(Attached, Vec<ClientFrame>)> {
+) -> Result<(Attached, Vec<ClientFrame>), bool> {
     let hello_timeout = Duration::from_millis(app.cfg.session.hello_timeout_ms);
     let mut shutdown = app.shutdown.clone();
     let first = tokio::select! {
         r = timeout(hello_timeout, stream.next()) => r,
         _ = shutdown.wait() => {
             let _ = tx.send(Out::Close(close::GOING_AWAY, "server shutting down".into())).await;
-            return None;
+            return Err(false);
         }
     };
     let text = match first {
@@ -147,11 +150,23 @@ async fn handshake(
                 ),
             )
             .await;
-            return None;
+            return Err(false);
         }
-        Ok(None) | Ok(Some(Err(_))) => return None,
+        Ok(Some(Err(e))) if is_too_large(&e.to_string()) => {
+            let limit = app.cfg.limits.max_frame_bytes;
+            fail(
+                tx,
+                Some(ErrorCode::TooLarge),
+                close::FRAME_TOO_LARGE,
+                format!("frame larger than limits.max_frame_bytes ({limit})"),
+            )
+            .await;
+            // The rest of the oversized frame is unread: hold the socket, don't read it.
+            return Err(true);
+        }
+        Ok(None) | Ok(Some(Err(_))) => return Err(false),
         Ok(Some(Ok(Message::Text(t)))) => t,
-        Ok(Some(Ok(Message::Close(_)))) => return None,
+        Ok(Some(Ok(Message::Close(_)))) => return Err(false),
         Ok(Some(Ok(_))) => {
             fail(
                 tx,
@@ -160,7 +175,7 @@ async fn handshake(
                 "the first frame must be a JSON text frame with {\"t\":\"hello\"}".into(),
             )
             .await;
-            return None;
+            return Err(false);
         }
     };
     let limits = Limits {
@@ -177,7 +192,7 @@ async fn handshake(
                 format!("bad hello: {}", e.msg),
             )
             .await;
-            return None;
+            return Err(false);
         }
         _ => {
             fail(
@@ -187,7 +202,7 @@ async fn handshake(
                 "the first frame must be hello".into(),
             )
             .await;
-            return None;
+            return Err(false);
         }
     };
     if hello.v != herald_protocol::PROTOCOL_VERSION {
@@ -201,7 +216,7 @@ async fn handshake(
             ),
         )
         .await;
-        return None;
+        return Err(false);
     }
     let identity = match app.auth.authenticate(&hello) {
         Ok(i) => i,
@@ -214,7 +229,7 @@ async fn handshake(
                 e.to_string(),
             )
             .await;
-            return None;
+            return Err(false);
         }
     };
     let addr = peer.addr.clone();
@@ -225,7 +240,7 @@ async fn handshake(
             let (frames, code, reason) = e.answer();
             let _ = tx.send(Out::Frames(frames)).await;
             let _ = tx.send(Out::Close(code, reason.into())).await;
-            return None;
+            return Err(false);
         }
     };
     let welcome = ServerFrame::Welcome(Box::new(attached.welcome().clone())).encode();
@@ -251,10 +266,10 @@ async fn handshake(
                 let _ = tx.send(Out::Frames(frames)).await;
                 let _ = tx.send(Out::Close(code, reason)).await;
             }
-            return None;
+            return Err(false);
         }
     }
-    Some((attached, rest))
+    Ok((attached, rest))
 }
 
 async fn fail(tx: &mpsc::Sender<Out>, code: Option<ErrorCode>, close_code: u16, msg: String) {

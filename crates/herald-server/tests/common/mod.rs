@@ -523,16 +523,6 @@ impl Client {
 
 /// Polling helpers for state that is only observable over HTTP (sessions, events, metrics).
 impl Server {
-    pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let r = reqwest::Client::new()
-            .delete(self.http(path))
-            .send()
-            .await
-            .expect("http delete");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
     /// GETs `path` until `pred` holds for the JSON answer (or panics after [`WAIT`]).
     pub async fn poll(&self, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;

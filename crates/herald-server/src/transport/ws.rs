@@ -78,13 +78,10 @@ async fn serve(socket: WebSocket, app: Arc<App>, addr: SocketAddr) {
     let peer = Peer {
         addr: addr.to_string(),
     };
-    let mut input_abandoned = false;
-    match handshake(&app, &mut stream, &tx, peer).await {
-        Ok((attached, rest)) => {
-            input_abandoned = run(&app, attached, rest, &mut stream, &tx).await;
-        }
-        Err(abandoned) => input_abandoned = abandoned,
-    }
+    let input_abandoned = match handshake(&app, &mut stream, &tx, peer).await {
+        Ok((attached, rest)) => run(&app, attached, rest, &mut stream, &tx).await,
+        Err(abandoned) => abandoned,
+    };
     drop(tx);
     if timeout(CLOSE_FLUSH, writer).await.is_err() {
         debug!(addr = %addr, "writer did not flush before close");

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+// The one place the engine reads the wall clock.
+#[allow(clippy::disallowed_types)]
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + 'static {
@@ -14,6 +16,7 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
+#[allow(clippy::disallowed_types)]
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now()

@@ -655,11 +655,18 @@ impl Attached {
             }
         };
         let at = s.from.map_or(last, |f| f.min(last));
-        self.positions.insert(key.clone(), Position::new(at, false));
-        self.session.lock().subs.insert(s.chan.clone(), at);
-        if !self.accept(seq) {
-            return;
+        {
+            // Ownership check and the change in one critical section: a connection that was
+            // taken over must not alter the session.
+            let mut g = self.session.lock();
+            if g.generation != self.generation || g.conn.is_none() {
+                return;
+            }
+            g.subs.insert(s.chan.clone(), at);
+            g.submitted_seq = g.submitted_seq.max(seq);
+            g.pending += 1;
         }
+        self.positions.insert(key.clone(), Position::new(at, false));
         let (tx, rx) = oneshot::channel();
         let engine = self.engine.clone();
         let session = self.session.clone();

@@ -203,6 +203,9 @@ pub(crate) struct EngineInner {
     /// Background writes (cursors, delivery records, events, session state) still running.
     background: std::sync::atomic::AtomicUsize,
     background_idle: tokio::sync::Notify,
+    /// Why the last append failed, until an append succeeds again. Other writes (trims)
+    /// succeeding says nothing about whether messages can be stored.
+    append_failing: Mutex<Option<String>>,
 }
 
 /// The engine. Cheap to clone.
@@ -278,6 +281,7 @@ impl Engine {
                 next_watcher: AtomicU64::new(1),
                 background: std::sync::atomic::AtomicUsize::new(0),
                 background_idle: tokio::sync::Notify::new(),
+                append_failing: Mutex::new(None),
             }),
         })
     }
@@ -308,7 +312,17 @@ impl Engine {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err("shutting down".into());
         }
+        if let Some(reason) = self.append_failing().clone() {
+            return Err(format!("messages cannot be stored: {reason}"));
+        }
         self.inner.store.health()
+    }
+
+    fn append_failing(&self) -> MutexGuard<'_, Option<String>> {
+        self.inner
+            .append_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -865,10 +879,21 @@ impl Engine {
         r: Result<AppendOutcome, StoreError>,
     ) -> Result<AppendOutcome, StoreError> {
         match &r {
-            Ok(AppendOutcome::Stored(_)) => self.inner.metrics.publishes.inc(),
-            Ok(AppendOutcome::Duplicate { .. }) => self.inner.metrics.publish_duplicates.inc(),
-            Err(_) => self.inner.metrics.store_failures.inc(),
-        };
+            Ok(AppendOutcome::Stored(_)) => {
+                self.inner.metrics.publishes.inc();
+                if self.append_failing().is_some() {
+                    info!("store accepts messages again");
+                    *self.append_failing() = None;
+                }
+            }
+            Ok(AppendOutcome::Duplicate { .. }) => {
+                self.inner.metrics.publish_duplicates.inc();
+            }
+            Err(e) => {
+                self.inner.metrics.store_failures.inc();
+                *self.append_failing() = Some(e.to_string());
+            }
+        }
         r
     }
 

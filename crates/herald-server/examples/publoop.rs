@@ -5,6 +5,8 @@
 //!
 //! `cargo run --release -p herald-server --example publoop -- ws://127.0.0.1:7070/v1/ws 10 5000 64`
 //! (server started with `--dev`).
+// A real server process runs on wall-clock time; these measure it.
+#![allow(clippy::disallowed_types)]
 
 use std::time::Instant;
 

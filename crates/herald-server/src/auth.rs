@@ -23,6 +23,8 @@
 //! Tokens and API keys are never logged nor echoed in errors.
 
 use std::fmt;
+// Token expiry is wall-clock time by definition (JWT `exp`).
+#[allow(clippy::disallowed_types)]
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use herald_core::{ChannelGrants, Identity};
@@ -368,6 +370,7 @@ fn numeric_date_ms(claim: &'static str, v: &Value) -> Result<f64, AuthError> {
         })
 }
 
+#[allow(clippy::disallowed_types)]
 fn now_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -441,8 +441,8 @@ const KEYS: &[KeyDoc] = &[
         "Most writes grouped into one commit."),
     key("storage", "max_db_bytes", Kind::Int, "a whole number of bytes (0 = unlimited)",
         "Database size quota; beyond it writes fail with unavailable."),
-    key("dedupe", "window_ms", Kind::Int, MS_OR_0,
-        "How long a pub.id is remembered, per sending uid (default 24 h)."),
+    key("dedupe", "window_ms", Kind::Int, "a whole number of milliseconds (0 = remember forever)",
+        "How long a pub.id is remembered, per sending uid (default 24 h); 0 keeps keys forever."),
     KeyDoc {
         secret: true,
         example: "\"<at least 32 random bytes, e.g. from: openssl rand -hex 32>\"",

@@ -1,5 +1,7 @@
 //! Authentication on a non-dev server: JWT (HS256, RS256, ES256), device binding, channel
 //! grants, and API keys for the HTTP API.
+// A real server process runs on wall-clock time; these measure it.
+#![allow(clippy::disallowed_types)]
 mod common;
 
 use std::path::PathBuf;

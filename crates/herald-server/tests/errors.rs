@@ -1,5 +1,7 @@
 //! Every `err` code a client can provoke and every close code herald uses (except 4009/4010,
 //! covered with identity), plus batching in both directions and duplicate `seq` handling.
+// A real server process runs on wall-clock time; these measure it.
+#![allow(clippy::disallowed_types)]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -269,7 +271,10 @@ async fn consecutive_rate_limit_strikes_close_4029_and_an_accepted_request_reset
 
 #[tokio::test]
 async fn a_full_store_answers_unavailable_loses_nothing_acknowledged_and_keeps_serving() {
-    let s = Server::start(&[("STORAGE__MAX_DB_BYTES", "262144")]);
+    let s = Server::start(&[
+        ("STORAGE__MAX_DB_BYTES", "262144"),
+        ("RETENTION__TRIM_INTERVAL_MS", "100"),
+    ]);
     let mut bob = Client::connect(&s, "bob", "b1").await;
     bob.subscribe("big", None).await;
     let mut alice = Client::connect(&s, "alice", "a1").await;
@@ -305,6 +310,11 @@ async fn a_full_store_answers_unavailable_loses_nothing_acknowledged_and_keeps_s
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["status"], "unavailable");
     assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+    // Other writes (retention trims every 100 ms) succeeding must not make it look ready while
+    // messages still cannot be stored: let several trims run, then look again.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, v) = s.get("/readyz").await;
+    assert_eq!(status, 503, "still unable to store messages: {v}");
 
     // Nothing acknowledged is missing, and nothing unacknowledged appeared.
     assert_eq!(stored_offsets(&s, "chan:big").await, acked);

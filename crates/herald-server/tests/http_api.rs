@@ -1,5 +1,7 @@
 //! The HTTP API for backends and operators, against a real server process: publish, message
 //! trace and search, stream history, sessions and kicks, the event feed, metrics and health.
+// A real server process runs on wall-clock time; these measure it.
+#![allow(clippy::disallowed_types)]
 mod common;
 
 use std::time::Duration;

@@ -101,7 +101,8 @@ pub trait Store: Send + Sync + 'static {
     /// Appends to the event feed (evictions, resume failures, gaps, kicks).
     async fn append_event(&self, e: NewEvent) -> Result<Event, StoreError>;
 
-    /// Recent events, newest last.
+    /// Events oldest first: with `after_id`, the first `limit` after it (a follower never skips
+    /// one); otherwise the newest `limit`.
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError>;
 
     /// Applies retention at time `now_ms`; returns the streams whose oldest offset moved.

@@ -370,13 +370,12 @@ async fn run(
                 }
             }
             _ = ping.tick() => {
-                if last_rx.elapsed() >= dead_after {
-                    let reason = format!("no frame for {} ms (heartbeat_ms + grace)", dead_after.as_millis());
-                    let _ = tx.try_send(Out::Close(close::HEARTBEAT_TIMEOUT, reason.clone()));
-                    close = Some((close::HEARTBEAT_TIMEOUT, reason));
-                } else {
-                    let _ = tx.try_send(Out::Frames(vec![ServerFrame::Ping.encode()]));
-                }
+                let _ = tx.try_send(Out::Frames(vec![ServerFrame::Ping.encode()]));
+            }
+            _ = tokio::time::sleep_until(last_rx + dead_after) => {
+                let reason = format!("no frame for {} ms (heartbeat_ms + heartbeat_grace_ms)", dead_after.as_millis());
+                let _ = tx.try_send(Out::Close(close::HEARTBEAT_TIMEOUT, reason.clone()));
+                close = Some((close::HEARTBEAT_TIMEOUT, reason));
             }
         }
     }

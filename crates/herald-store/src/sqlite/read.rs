@@ -355,7 +355,8 @@ pub(super) fn deliveries(
     .map_err(sql_error)
 }
 
-/// The newest `q.limit` (0 → 100) matching events, oldest first.
+/// Matching events, oldest first: with `after_id` the first `q.limit` (0 → 100) after it, so a
+/// follower paging forward never skips any; without it the newest `q.limit`.
 pub(super) fn events(conn: &Connection, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
     let mut f = Filter::default();
     f.text("kind = ?", &q.kind);
@@ -368,8 +369,9 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> Result<Vec<Event>, St
     };
     let sql = format!(
         "SELECT id, ts, kind, uid, device, session, conn, data FROM events{}
-         ORDER BY id DESC LIMIT ?",
-        f.sql()
+         ORDER BY id {} LIMIT ?",
+        f.sql(),
+        if q.after_id.is_some() { "ASC" } else { "DESC" }
     );
     f.params.push(Value::Integer(sql_int(limit as u64)));
     type EventRow = (u64, NewEvent, String);
@@ -399,6 +401,8 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> Result<Vec<Event>, St
             Ok(Event { id, event })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    events.reverse();
+    if q.after_id.is_none() {
+        events.reverse();
+    }
     Ok(events)
 }

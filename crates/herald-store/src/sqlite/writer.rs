@@ -24,6 +24,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
+// Commit latency is measured on the writer's own OS thread, outside any runtime.
+#[allow(clippy::disallowed_types)]
 use std::time::Instant;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
@@ -164,6 +166,7 @@ impl Writer {
     }
 
     /// Runs `writes` in one transaction and answers each through `replies`.
+    #[allow(clippy::disallowed_types)]
     fn commit_batch(&mut self, writes: Vec<Write>, replies: Vec<Reply<Done>>) {
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;

@@ -64,6 +64,23 @@ async fn events_filter_and_return_the_newest_oldest_first() {
         ..EventQuery::default()
     };
     assert_eq!(ts_of(store.events(&after).await.unwrap()), [107, 108, 109]);
+    // A follower paging forward with a small limit sees every event, in order, none skipped.
+    let mut cursor = ids[0];
+    let mut followed = Vec::new();
+    loop {
+        let page = store
+            .events(&EventQuery {
+                after_id: Some(cursor),
+                limit: 2,
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = last.id;
+        followed.extend(page.iter().map(|e| e.event.ts));
+    }
+    assert_eq!(followed, (101..=109).collect::<Vec<u64>>());
 }
 
 #[tokio::test]

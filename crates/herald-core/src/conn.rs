@@ -615,12 +615,7 @@ impl Attached {
                     .encode()
                 }
             };
-            session.answered(seq, &frame);
-            session.done();
-            let _ = tx.send(Reply {
-                frame,
-                effect: Effect::None,
-            });
+            complete(&session, tx, seq, frame, Effect::None);
         });
         self.answers.push_back(Answer::Waiting(rx));
     }
@@ -692,9 +687,7 @@ impl Attached {
                     Effect::Drop(key),
                 ),
             };
-            session.answered(seq, &frame);
-            session.done();
-            let _ = tx.send(Reply { frame, effect });
+            complete(&session, tx, seq, frame, effect);
         });
         self.answers.push_back(Answer::Waiting(rx));
     }
@@ -736,12 +729,7 @@ impl Attached {
                 )
                 .encode(),
             };
-            session.answered(seq, &frame);
-            session.done();
-            let _ = tx.send(Reply {
-                frame,
-                effect: Effect::None,
-            });
+            complete(&session, tx, seq, frame, Effect::None);
         });
         self.answers.push_back(Answer::Waiting(rx));
     }
@@ -950,6 +938,19 @@ impl Drop for Attached {
     fn drop(&mut self) {
         self.detach();
     }
+}
+
+/// Records the answer to request `seq` and hands it to its connection, if still there.
+fn complete(
+    session: &SessionShared,
+    tx: oneshot::Sender<Reply>,
+    seq: u64,
+    frame: String,
+    effect: Effect,
+) {
+    session.answered(seq, &frame);
+    session.done();
+    let _ = tx.send(Reply { frame, effect });
 }
 
 fn ready(frame: String) -> Answer {

@@ -1,12 +1,13 @@
-//! The engine: who is connected as whom (identity registry), which sessions exist and in what
-//! state, and the operations that cross sessions (evict, kick, publish from the API, trace,
-//! expiry, shutdown). Per-connection protocol handling lives in [`crate::conn`].
+//! The engine: identity decisions (which login may proceed, who is evicted), session lifecycle
+//! (open, resume, detach, expiry, close), and the operations that cross sessions (kick, publish
+//! from the API, trace, shutdown). Who holds which session is asked of [`crate::directory`];
+//! per-connection protocol handling lives in [`crate::conn`].
 //!
-//! Lock order, everywhere: `registry` before any session's `inner`. No lock is held across an
-//! `.await`. Opens and kicks for one uid are serialized by a per-uid async lock, so identity
-//! decisions never race.
+//! Lock order, everywhere: the directory before any session's `inner`. No lock is held across
+//! an `.await`. Opens and kicks for one uid are serialized by the directory's per-uid lock, so
+//! identity decisions never race.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::auth::Identity;
 use crate::clock::Clock;
 use crate::config::{EngineConfig, NewDeviceStart};
 use crate::conn::Attached;
+use crate::directory::{Directory, Found};
 use crate::identity::{admit, Admission, Candidate};
 use crate::ids;
 use crate::metrics::Metrics;
@@ -165,37 +167,13 @@ pub struct RecipientView {
     pub acked_ms: Option<u64>,
 }
 
-#[derive(Default)]
-pub(crate) struct Registry {
-    /// Sessions not closed.
-    pub(crate) sessions: HashMap<String, Arc<SessionShared>>,
-    /// uid → device → session id.
-    pub(crate) by_uid: HashMap<String, HashMap<String, String>>,
-    /// Closed sessions, kept for `tombstone_ms` so late resumes learn why.
-    pub(crate) tombstones: HashMap<String, Tombstone>,
-}
-
-impl Registry {
-    fn remove(&mut self, s: &SessionShared) {
-        self.sessions.remove(&s.id);
-        if let Some(devs) = self.by_uid.get_mut(&s.uid) {
-            if devs.get(&s.device) == Some(&s.id) {
-                devs.remove(&s.device);
-            }
-            if devs.is_empty() {
-                self.by_uid.remove(&s.uid);
-            }
-        }
-    }
-}
-
 pub(crate) struct EngineInner {
     pub(crate) cfg: EngineConfig,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) streams: Arc<Streams>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) registry: Mutex<Registry>,
-    uid_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Who holds which session (the identity/ownership seam).
+    pub(crate) directory: Directory,
     pub(crate) metrics: Metrics,
     events: broadcast::Sender<Event>,
     shutting_down: AtomicBool,
@@ -231,11 +209,11 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StoreError> {
         let now = clock.now_ms();
-        let mut reg = Registry::default();
+        let directory = Directory::default();
         let mut restored = 0usize;
         for rec in store.load_sessions().await? {
             if rec.state == SessionState::Closed {
-                reg.tombstones.insert(
+                directory.insert_tombstone(
                     rec.id.clone(),
                     Tombstone {
                         uid: rec.uid.clone(),
@@ -253,17 +231,12 @@ impl Engine {
             let mut rec = rec;
             rec.state = SessionState::Disconnected;
             rec.last_seen_ms = rec.last_seen_ms.max(now);
-            let s = Arc::new(SessionShared::from_record(&rec));
-            reg.by_uid
-                .entry(rec.uid.clone())
-                .or_default()
-                .insert(rec.device.clone(), rec.id.clone());
-            reg.sessions.insert(rec.id.clone(), s);
+            directory.insert(Arc::new(SessionShared::from_record(&rec)));
             restored += 1;
         }
         info!(
             restored,
-            tombstones = reg.tombstones.len(),
+            tombstones = directory.tombstone_count(),
             "sessions restored"
         );
         let (events, _) = broadcast::channel(1024);
@@ -273,8 +246,7 @@ impl Engine {
                 store,
                 streams,
                 clock,
-                registry: Mutex::new(reg),
-                uid_locks: Mutex::new(HashMap::new()),
+                directory,
                 metrics: Metrics::default(),
                 events,
                 shutting_down: AtomicBool::new(false),
@@ -325,21 +297,8 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.inner
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn uid_lock(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut g = self
-            .inner
-            .uid_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        g.retain(|_, l| Arc::strong_count(l) > 1);
-        g.entry(uid.to_string()).or_default().clone()
+    fn directory(&self) -> &Directory {
+        &self.inner.directory
     }
 
     /// Runs a background write; [`Engine::close_store`] waits for these before closing.
@@ -413,13 +372,11 @@ impl Engine {
 
     /// Number of connected sessions of `uid`.
     pub fn online(&self, uid: &str) -> u32 {
-        let reg = self.registry();
-        reg.by_uid.get(uid).map_or(0, |devs| {
-            devs.values()
-                .filter_map(|id| reg.sessions.get(id))
-                .filter(|s| s.lock().conn.is_some())
-                .count() as u32
-        })
+        self.directory()
+            .of_uid(uid)
+            .iter()
+            .filter(|s| s.lock().conn.is_some())
+            .count() as u32
     }
 
     /// Opens a connection: resumes the session named in `hello.resume` if it may, or makes a
@@ -434,8 +391,7 @@ impl Engine {
             return Err(OpenError::ShuttingDown);
         }
         let uid = identity.uid.clone();
-        let lock = self.uid_lock(&uid);
-        let _serial = lock.lock().await;
+        let _serial = self.directory().lock_uid(&uid).await;
         let now = self.now_ms();
         let server_rt = self.inner.cfg.reconnect_timeout_ms;
         let rt = hello
@@ -490,25 +446,20 @@ impl Engine {
 
         // Identity policy.
         let decision = {
-            let reg = self.registry();
-            let candidates: Vec<Candidate> = reg
-                .by_uid
-                .get(&uid)
-                .map(|devs| {
-                    devs.values()
-                        .filter_map(|id| reg.sessions.get(id))
-                        .map(|s| {
-                            let g = s.lock();
-                            Candidate {
-                                session: s.id.clone(),
-                                device: s.device.clone(),
-                                connected: g.conn.is_some(),
-                                last_active_ms: g.last_seen_ms,
-                            }
-                        })
-                        .collect()
+            let candidates: Vec<Candidate> = self
+                .directory()
+                .of_uid(&uid)
+                .iter()
+                .map(|s| {
+                    let g = s.lock();
+                    Candidate {
+                        session: s.id.clone(),
+                        device: s.device.clone(),
+                        connected: g.conn.is_some(),
+                        last_active_ms: g.last_seen_ms,
+                    }
                 })
-                .unwrap_or_default();
+                .collect();
             admit(
                 self.inner.cfg.identity_policy,
                 self.inner.cfg.max_devices,
@@ -570,24 +521,15 @@ impl Engine {
         };
         self.inner.store.put_session(rec.clone()).await?;
         let s = Arc::new(SessionShared::from_record(&rec));
-        {
-            let mut reg = self.registry();
-            reg.by_uid
-                .entry(uid.clone())
-                .or_default()
-                .insert(device.clone(), rec.id.clone());
-            reg.sessions.insert(rec.id.clone(), s.clone());
-        }
+        self.directory().insert(s.clone());
         self.attach(s, identity, peer, conn_id, false, resume_error, rt)
             .await
     }
 
     fn lookup_resume(&self, id: &str, key: &str, uid: &str, now: u64) -> ResumeLookup {
-        let found = {
-            let reg = self.registry();
-            if let Some(s) = reg.sessions.get(id) {
-                Some(s.clone())
-            } else if let Some(t) = reg.tombstones.get(id) {
+        let s = match self.directory().find(id) {
+            Found::Open(s) => s,
+            Found::Closed(t) => {
                 if t.uid != uid {
                     return ResumeLookup::Failed(ResumeError::Unknown);
                 }
@@ -595,17 +537,13 @@ impl Engine {
                     return ResumeLookup::Failed(ResumeError::BadKey);
                 }
                 return match t.reason.as_str() {
-                    "replaced" => evicted(EvictReason::Replaced, t),
-                    "kicked" => evicted(EvictReason::Kicked, t),
-                    "device_limit" => evicted(EvictReason::DeviceLimit, t),
+                    "replaced" => evicted(EvictReason::Replaced, &t),
+                    "kicked" => evicted(EvictReason::Kicked, &t),
+                    "device_limit" => evicted(EvictReason::DeviceLimit, &t),
                     _ => ResumeLookup::Failed(ResumeError::Expired),
                 };
-            } else {
-                None
             }
-        };
-        let Some(s) = found else {
-            return ResumeLookup::Failed(ResumeError::Unknown);
+            Found::Unknown => return ResumeLookup::Failed(ResumeError::Unknown),
         };
         if s.uid != uid {
             return ResumeLookup::Failed(ResumeError::Unknown);
@@ -706,12 +644,8 @@ impl Engine {
     /// Closes session `id` with an eviction `reason`, telling its connection if it has one.
     /// Returns false if no such open session exists.
     pub(crate) fn evict(&self, id: &str, reason: EvictReason, by: EvictedBy) -> bool {
-        let s = {
-            let reg = self.registry();
-            match reg.sessions.get(id) {
-                Some(s) => s.clone(),
-                None => return false,
-            }
+        let Some(s) = self.directory().get(id) else {
+            return false;
         };
         let slot = s.lock().conn.take();
         let (conn, addr) = slot
@@ -749,28 +683,7 @@ impl Engine {
 
     /// Marks `s` closed, moves it to the tombstones and persists that.
     pub(crate) fn close(&self, s: &Arc<SessionShared>, reason: &str, by: Option<String>) {
-        let now = self.now_ms();
-        {
-            let mut reg = self.registry();
-            {
-                let mut g = s.lock();
-                g.state = SessionState::Closed;
-                g.closed_reason = Some(reason.to_string());
-                g.closed_by = by.clone();
-                g.last_seen_ms = now;
-            }
-            reg.remove(s);
-            reg.tombstones.insert(
-                s.id.clone(),
-                Tombstone {
-                    uid: s.uid.clone(),
-                    key: s.key.clone(),
-                    reason: reason.to_string(),
-                    by_conn: by,
-                    at_ms: now,
-                },
-            );
-        }
+        self.directory().close(s, reason, by, self.now_ms());
         self.persist_later(s.clone());
     }
 
@@ -919,10 +832,10 @@ impl Engine {
 
     /// Sessions (optionally of one uid), connected and disconnected.
     pub fn sessions(&self, uid: Option<&str>) -> Vec<SessionInfo> {
-        let reg = self.registry();
-        let mut out: Vec<SessionInfo> = reg
-            .sessions
-            .values()
+        let mut out: Vec<SessionInfo> = self
+            .directory()
+            .all()
+            .iter()
             .filter(|s| uid.is_none_or(|u| s.uid == u))
             .map(|s| {
                 let g = s.lock();
@@ -949,15 +862,10 @@ impl Engine {
 
     /// Ends a session from the API: its connection gets `evicted` `kicked`. False if unknown.
     pub async fn kick(&self, id: &str, by_addr: &str) -> bool {
-        let uid = {
-            let reg = self.registry();
-            match reg.sessions.get(id) {
-                Some(s) => s.uid.clone(),
-                None => return false,
-            }
+        let Some(uid) = self.directory().get(id).map(|s| s.uid.clone()) else {
+            return false;
         };
-        let lock = self.uid_lock(&uid);
-        let _serial = lock.lock().await;
+        let _serial = self.directory().lock_uid(&uid).await;
         let by = EvictedBy {
             conn: None,
             addr: Some(by_addr.to_string()),
@@ -1007,8 +915,7 @@ impl Engine {
                 });
             }
         } else if let Some(chan) = m.stream.strip_prefix("chan:") {
-            let reg = self.registry();
-            for s in reg.sessions.values() {
+            for s in self.directory().all() {
                 let g = s.lock();
                 let Some(&acked) = g.subs.get(chan) else {
                     continue;
@@ -1053,14 +960,12 @@ impl Engine {
     pub async fn tick(&self, trim: bool) {
         let now = self.now_ms();
         let (expired, dirty, connected, disconnected) = {
-            let mut reg = self.registry();
-            let tomb_ms = self.inner.cfg.retention.tombstone_ms;
-            reg.tombstones
-                .retain(|_, t| tomb_ms == 0 || now.saturating_sub(t.at_ms) < tomb_ms);
+            self.directory()
+                .purge_tombstones(now, self.inner.cfg.retention.tombstone_ms);
             let mut expired = Vec::new();
             let mut dirty = Vec::new();
             let (mut c, mut d) = (0i64, 0i64);
-            for s in reg.sessions.values() {
+            for s in self.directory().all() {
                 let g = s.lock();
                 match g.state {
                     SessionState::Connected => c += 1,
@@ -1106,8 +1011,7 @@ impl Engine {
     /// sessions stay resumable.
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let reg = self.registry();
-        for s in reg.sessions.values() {
+        for s in self.directory().all() {
             if let Some(c) = &s.lock().conn {
                 let _ = c.control.send(Control::Shutdown);
             }
@@ -1117,8 +1021,7 @@ impl Engine {
     /// Persists every session and closes the store. Call after connections drained.
     pub async fn close_store(&self) -> Result<(), StoreError> {
         self.settle(Duration::from_secs(10)).await;
-        let all: Vec<Arc<SessionShared>> = self.registry().sessions.values().cloned().collect();
-        for s in all {
+        for s in self.directory().all() {
             {
                 let mut g = s.lock();
                 if g.state == SessionState::Connected {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod conn;
+mod directory;
 pub mod engine;
 pub mod identity;
 pub mod ids;

@@ -3,7 +3,7 @@
 //!
 //! One task reads (and owns the engine side), one task writes, connected by a bounded queue
 //! (`limits.send_queue_frames`). A client that stops reading fills the queue; the reader then
-//! waits at most the heartbeat grace before declaring the connection dead, so a stalled peer
+//! waits at most `heartbeat_ms` + `heartbeat_grace_ms` before declaring the connection dead, so a stalled peer
 //! never holds a task forever. Frames queued for writing are batched into one WebSocket frame
 //! (newline-separated) up to `limits.max_frame_bytes`.
 

@@ -6,6 +6,7 @@ mod app;
 mod auth;
 mod cli;
 mod config;
+mod metrics;
 mod shutdown;
 mod transport;
 

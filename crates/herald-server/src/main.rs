@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod shutdown;
 mod transport;
+mod webhooks;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

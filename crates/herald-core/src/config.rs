@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub rate_limit_strikes: u32,
     /// Accept `hello.uid` without a token.
     pub dev: bool,
+    /// Webhooks recorded events are queued for (in the outbox, with the event).
+    pub webhooks: Vec<crate::webhooks::WebhookRoute>,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +87,7 @@ impl Default for EngineConfig {
             request_burst: 20_000,
             rate_limit_strikes: 100,
             dev: false,
+            webhooks: Vec::new(),
         }
     }
 }

@@ -367,7 +367,8 @@ impl Engine {
         self.inner.next_watcher.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records an event in the durable feed and broadcasts it (never blocks the caller).
+    /// Records an event in the durable feed, with its webhook deliveries in the same commit,
+    /// and broadcasts it (never blocks the caller).
     pub(crate) fn record_event(
         &self,
         kind: &str,
@@ -386,10 +387,11 @@ impl Engine {
             conn: conn.map(str::to_string),
             data,
         };
+        let targets = crate::webhooks::targets(&self.inner.cfg.webhooks, &e);
         let store = self.inner.store.clone();
         let tx = self.inner.events.clone();
         self.spawn_bg(async move {
-            match store.append_event(e).await {
+            match store.append_event_with_outbox(e, targets).await {
                 Ok(ev) => {
                     let _ = tx.send(ev);
                 }

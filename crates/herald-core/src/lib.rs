@@ -9,11 +9,13 @@ pub mod config;
 pub mod conn;
 mod directory;
 pub mod engine;
+pub mod follow;
 pub mod identity;
 pub mod ids;
 pub mod metrics;
 pub mod session;
 pub mod streams;
+pub mod webhooks;
 
 pub use auth::{ChannelGrants, Identity};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -23,3 +25,4 @@ pub use engine::{Engine, OpenError, Peer, PublishError, Published, SessionInfo, 
 pub use metrics::Metrics;
 pub use session::Control;
 pub use streams::Streams;
+pub use webhooks::WebhookRoute;

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::metrics::ServerMetrics;
 use crate::shutdown::{self, ShutdownSignal, Tracker};
 use crate::transport::ws;
+use crate::webhooks::{Dispatcher, WebhookMetrics};
 
 /// File name of the embedded database inside the data directory.
 pub(crate) const DB_FILE: &str = "herald.db";
@@ -53,6 +54,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions", get(api::sessions))
         .route("/v1/sessions/{id}", delete(api::kick))
         .route("/v1/events", get(api::events))
+        .route("/v1/events/stream", get(api::events_stream))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             api::require_api_key,
@@ -105,6 +107,10 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     engine.register_metrics(&mut registry);
     let metrics = ServerMetrics::default();
     metrics.register(&mut registry);
+    let webhook_metrics = Arc::new(WebhookMetrics::default());
+    webhook_metrics.register(&mut registry);
+    let dispatcher = Dispatcher::new(engine.clone(), &cfg, webhook_metrics)
+        .context("invalid [[webhooks]] settings")?;
     let auth = Authenticator::from_config(&cfg).context("invalid [auth] settings")?;
     info!("{}", auth.describe());
 
@@ -151,6 +157,8 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
+    let webhooks = tokio::spawn(dispatcher.run(stop_rx.clone()));
+
     let signal_engine = engine.clone();
     axum::serve(
         listener,
@@ -174,6 +182,7 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let _ = upkeep.await;
+    let _ = webhooks.await;
     engine.close_store().await.context("closing the store")?;
     info!("shutdown complete");
     Ok(())

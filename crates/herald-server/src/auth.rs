@@ -1070,6 +1070,7 @@ mod tests {
     fn api_keys() {
         let api = ApiSection {
             keys: vec!["key-one".into(), "key-two".into()],
+            ..ApiSection::default()
         };
         let a = Authenticator::new(&AuthSection::default(), &api, false).expect("valid");
         assert_eq!(a.check_api_key(Some("Bearer key-one")), Ok(()));
@@ -1115,6 +1116,7 @@ mod tests {
     fn debug_does_not_leak() {
         let api = ApiSection {
             keys: vec!["key-one".into()],
+            ..ApiSection::default()
         };
         let a = Authenticator::new(&auth_section(Some(SECRET), None), &api, false).expect("valid");
         let d = format!("{a:?}");

@@ -26,7 +26,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use herald_core::config::{Durability, Retention};
-use herald_core::{EngineConfig, IdentityPolicy, NewDeviceStart};
+use herald_core::webhooks::{ALL_KINDS, EVENT_KINDS};
+use herald_core::{EngineConfig, IdentityPolicy, NewDeviceStart, WebhookRoute};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -41,6 +42,31 @@ pub(crate) const MIN_FRAME_BYTES: u64 = 4096;
 pub(crate) const MIN_HEARTBEAT_MS: u64 = 100;
 /// Smallest accepted `retention.trim_interval_ms`.
 pub(crate) const MIN_TRIM_INTERVAL_MS: u64 = 100;
+/// Smallest accepted `api.events_heartbeat_ms`.
+pub(crate) const MIN_EVENTS_HEARTBEAT_MS: u64 = 100;
+
+/// Whether `url` can be a webhook: `http://` with a host. Loopback and private addresses are
+/// allowed (the operator configures these URLs, clients cannot).
+pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => {
+            return Err("https is not supported by this build (no TLS client); point the webhook at an http:// endpoint, e.g. a local TLS-terminating proxy".into())
+        }
+        other => return Err(format!("scheme {other}: is not supported; use http://")),
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "must not carry credentials (user:password@); use the secret and signature instead"
+                .into(),
+        );
+    }
+    Ok(())
+}
 
 /// The whole configuration. See [`defaults_toml`] for what every key means.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +82,9 @@ pub(crate) struct Config {
     pub(crate) dedupe: DedupeSection,
     pub(crate) auth: AuthSection,
     pub(crate) api: ApiSection,
+    /// `[[webhooks]]` entries (an array of tables; file only, not the environment).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) webhooks: Vec<WebhookEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,16 +285,83 @@ impl fmt::Debug for AuthSection {
 }
 
 /// HTTP API keys. `Debug` never shows them.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ApiSection {
     pub(crate) keys: Vec<String>,
+    /// Interval of keep-alive comments on `GET /v1/events/stream` while no event flows.
+    pub(crate) events_heartbeat_ms: u64,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            keys: Vec::new(),
+            events_heartbeat_ms: 15_000,
+        }
+    }
 }
 
 impl fmt::Debug for ApiSection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiSection")
             .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("events_heartbeat_ms", &self.events_heartbeat_ms)
+            .finish()
+    }
+}
+
+/// One `[[webhooks]]` entry: where recorded events are POSTed, signed with `secret`.
+/// `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookEntry {
+    /// `http://host[:port]/path`; also the webhook's identity in the outbox.
+    pub(crate) url: String,
+    /// Event kinds to send, or `["*"]` for all.
+    pub(crate) events: Vec<String>,
+    /// HMAC-SHA256 key of the `X-Herald-Signature` header.
+    pub(crate) secret: String,
+    /// Time allowed for one request, connect to response.
+    #[serde(default = "WebhookEntry::default_timeout_ms")]
+    pub(crate) timeout_ms: u64,
+    /// Delay before the first retry; it doubles with each failure (with jitter).
+    #[serde(default = "WebhookEntry::default_retry_initial_ms")]
+    pub(crate) retry_initial_ms: u64,
+    /// Longest delay between retries.
+    #[serde(default = "WebhookEntry::default_retry_max_ms")]
+    pub(crate) retry_max_ms: u64,
+    /// Failed attempts of one delivery after which a `webhook_failed` event is recorded
+    /// (retries go on).
+    #[serde(default = "WebhookEntry::default_failed_after_attempts")]
+    pub(crate) failed_after_attempts: u32,
+}
+
+impl WebhookEntry {
+    fn default_timeout_ms() -> u64 {
+        5_000
+    }
+    fn default_retry_initial_ms() -> u64 {
+        1_000
+    }
+    fn default_retry_max_ms() -> u64 {
+        300_000
+    }
+    fn default_failed_after_attempts() -> u32 {
+        5
+    }
+}
+
+impl fmt::Debug for WebhookEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookEntry")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"<redacted>")
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retry_initial_ms", &self.retry_initial_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .field("failed_after_attempts", &self.failed_after_attempts)
             .finish()
     }
 }
@@ -295,6 +391,14 @@ impl Config {
             request_burst: self.limits.request_burst,
             rate_limit_strikes: self.limits.rate_limit_strikes,
             dev: self.server.dev,
+            webhooks: self
+                .webhooks
+                .iter()
+                .map(|w| WebhookRoute {
+                    target: w.url.clone(),
+                    kinds: w.events.clone(),
+                })
+                .collect(),
             ..EngineConfig::default()
         }
     }
@@ -463,7 +567,56 @@ const KEYS: &[KeyDoc] = &[
             "a list of strings without spaces (comma-separated in the environment)",
             "API keys accepted as Authorization: Bearer <key>. Empty: the HTTP API refuses every call (except in dev mode).")
     },
+    key("api", "events_heartbeat_ms", Kind::Int, "a whole number of milliseconds, at least 100",
+        "Keep-alive comment interval on GET /v1/events/stream while no event flows (keeps proxies from closing it)."),
 ];
+
+/// The array of tables holding webhooks (`[[webhooks]]`).
+const WEBHOOKS: &str = "webhooks";
+
+/// Keys of one `[[webhooks]]` entry, in file order: `(key, required, accepted values, what
+/// it does, example value)`. Entries come from the config file only: arrays of tables have
+/// no environment form.
+const WEBHOOK_KEYS: &[(&str, bool, &str, &str, &str)] = &[
+    ("url", true, "an http:// URL (https is not supported by this build; loopback addresses are allowed)",
+        "Where events are POSTed (JSON body: the event as in GET /v1/events).",
+        "\"http://127.0.0.1:9000/herald-events\""),
+    ("events", true, "a non-empty list of event kinds, or [\"*\"] for all",
+        "Event kinds sent to this webhook.",
+        "[\"eviction\", \"resume_failed\", \"gap\", \"kick\"]"),
+    ("secret", true, "a non-empty string",
+        "Key of the X-Herald-Signature header: sha256=<hex HMAC-SHA256 of the exact body>.",
+        "\"<a long random string, e.g. from: openssl rand -hex 32>\""),
+    ("timeout_ms", false, "a whole number of milliseconds, at least 1",
+        "Time allowed for one request; a slower answer counts as a failure.", "5000"),
+    ("retry_initial_ms", false, "a whole number of milliseconds, at least 1",
+        "Delay before the first retry; it doubles after each failure, with jitter.", "1000"),
+    ("retry_max_ms", false, "a whole number of milliseconds, at least retry_initial_ms",
+        "Longest delay between retries.", "300000"),
+    ("failed_after_attempts", false, "a whole number, at least 1",
+        "Failed attempts of one delivery after which a webhook_failed event is recorded; retries go on.", "5"),
+];
+
+/// A minimal well-formed webhook entry, to type-check one key at a time.
+fn webhook_probe() -> toml::Table {
+    let text = |v: &str| toml::Value::String(v.to_string());
+    let mut t = toml::Table::new();
+    t.insert("url".into(), text("x"));
+    t.insert("events".into(), toml::Value::Array(vec![text(ALL_KINDS)]));
+    t.insert("secret".into(), text("x"));
+    t
+}
+
+fn webhook_keys() -> String {
+    WEBHOOK_KEYS
+        .iter()
+        .map(|(k, ..)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why `webhooks` cannot come from the environment.
+const WEBHOOKS_NOT_FROM_ENV: &str = "webhooks are an array of tables and cannot be set from the environment; declare them as [[webhooks]] entries in the config file (--config FILE or HERALD_CONFIG)";
 
 fn section_keys(section: &str) -> impl Iterator<Item = &'static KeyDoc> + '_ {
     KEYS.iter().filter(move |k| k.section == section)
@@ -652,6 +805,10 @@ impl Loader {
         })?;
         let from = || Source::File(path.to_path_buf());
         for (section, value) in table {
+            if section == WEBHOOKS {
+                self.webhooks(value, from());
+                continue;
+            }
             if !SECTIONS.iter().any(|(s, _)| *s == section) {
                 let problem = if value.is_table() {
                     Problem::UnknownSection {
@@ -698,6 +855,11 @@ impl Loader {
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
         let from = Source::Env(name.to_string());
+        if section == WEBHOOKS {
+            self.problems
+                .push(Problem::Rule(format!("{name}: {WEBHOOKS_NOT_FROM_ENV}")));
+            return;
+        }
         if !SECTIONS.iter().any(|(s, _)| *s == section) {
             self.problems
                 .push(Problem::UnknownSection { section, from });
@@ -727,6 +889,67 @@ impl Loader {
         match value {
             Some(value) => self.set(doc, value, from),
             None => self.bad_value(doc, &toml::Value::String(raw.to_string()), from),
+        }
+    }
+
+    /// Takes the `[[webhooks]]` array of a file: checks each entry's keys and types, and keeps
+    /// the array only if every entry is well-formed (rules are checked in `check_rules`).
+    fn webhooks(&mut self, value: toml::Value, from: Source) {
+        let toml::Value::Array(entries) = value else {
+            self.problems.push(Problem::Rule(format!(
+                "{WEBHOOKS} (from {from}) must be an array of tables: write each webhook as a [[webhooks]] entry with keys {}",
+                webhook_keys()
+            )));
+            return;
+        };
+        let before = self.problems.len();
+        for (i, entry) in entries.iter().enumerate() {
+            let n = i + 1;
+            let Some(table) = entry.as_table() else {
+                self.problems.push(Problem::Rule(format!(
+                    "webhook #{n} (from {from}) must be a table ([[webhooks]] entry)"
+                )));
+                continue;
+            };
+            for key in table.keys() {
+                if !WEBHOOK_KEYS.iter().any(|(k, ..)| k == key) {
+                    self.problems.push(Problem::Rule(format!(
+                        "unknown key {key} in webhook #{n} (from {from}); known keys in [[webhooks]]: {}",
+                        webhook_keys()
+                    )));
+                }
+            }
+            for (key, required, expected, ..) in WEBHOOK_KEYS {
+                let Some(v) = table.get(*key) else {
+                    if *required {
+                        self.problems.push(Problem::Rule(format!(
+                            "webhook #{n} (from {from}) has no {key}: expected {expected}"
+                        )));
+                    }
+                    continue;
+                };
+                // Each key on its own, next to valid required keys, to name the bad one.
+                let mut probe = webhook_probe();
+                probe.insert((*key).to_string(), v.clone());
+                if toml::Value::Table(probe)
+                    .try_into::<WebhookEntry>()
+                    .is_err()
+                {
+                    let shown = if *key == "secret" {
+                        "<redacted>".to_string()
+                    } else {
+                        v.to_string()
+                    };
+                    self.problems.push(Problem::Rule(format!(
+                        "webhooks[#{n}].{key} = {shown} (from {from}): expected {expected}"
+                    )));
+                }
+            }
+        }
+        if self.problems.len() == before {
+            self.merged
+                .insert(WEBHOOKS.to_string(), toml::Value::Array(entries));
+            self.sources.insert((WEBHOOKS, "*"), from);
         }
     }
 
@@ -917,6 +1140,79 @@ impl Loader {
             );
             self.rule("api", "keys", "<redacted>", msg);
         }
+        self.at_least(
+            "api",
+            "events_heartbeat_ms",
+            c.api.events_heartbeat_ms,
+            MIN_EVENTS_HEARTBEAT_MS,
+        );
+        self.check_webhooks(&c.webhooks);
+    }
+
+    fn check_webhooks(&mut self, hooks: &[WebhookEntry]) {
+        let from = self.source(WEBHOOKS, "*").clone();
+        let mut rule = |n: usize, key: &str, value: &dyn fmt::Display, msg: &str| {
+            self.problems.push(Problem::Rule(format!(
+                "webhooks[#{n}].{key} = {value} (from {from}): {msg}"
+            )));
+        };
+        for (i, w) in hooks.iter().enumerate() {
+            let n = i + 1;
+            if let Err(why) = check_webhook_url(&w.url) {
+                rule(n, "url", &format!("{:?}", w.url), &why);
+            }
+            if hooks[..i].iter().any(|o| o.url == w.url) {
+                rule(
+                    n,
+                    "url",
+                    &format!("{:?}", w.url),
+                    "must differ from every other webhook's url (it identifies the webhook)",
+                );
+            }
+            if w.events.is_empty() {
+                rule(
+                    n,
+                    "events",
+                    &"[]",
+                    "must name at least one event kind, or [\"*\"] for all",
+                );
+            }
+            for kind in &w.events {
+                if kind != ALL_KINDS && !EVENT_KINDS.contains(&kind.as_str()) {
+                    let msg = format!(
+                        "{kind:?} is not an event kind; known kinds: {}, or \"*\" for all",
+                        EVENT_KINDS.join(", ")
+                    );
+                    rule(n, "events", &format!("{:?}", w.events), &msg);
+                }
+            }
+            if w.secret.is_empty() {
+                rule(n, "secret", &"<redacted>", "must not be empty");
+            }
+            if w.timeout_ms < 1 {
+                rule(n, "timeout_ms", &w.timeout_ms, "must be at least 1");
+            }
+            if w.retry_initial_ms < 1 {
+                rule(
+                    n,
+                    "retry_initial_ms",
+                    &w.retry_initial_ms,
+                    "must be at least 1",
+                );
+            }
+            if w.retry_max_ms < w.retry_initial_ms {
+                let msg = format!("must be at least retry_initial_ms = {}", w.retry_initial_ms);
+                rule(n, "retry_max_ms", &w.retry_max_ms, &msg);
+            }
+            if w.failed_after_attempts < 1 {
+                rule(
+                    n,
+                    "failed_after_attempts",
+                    &w.failed_after_attempts,
+                    "must be at least 1",
+                );
+            }
+        }
     }
 }
 
@@ -949,6 +1245,21 @@ pub(crate) fn defaults_toml() -> String {
                 None => out.push_str(&format!("# {} = {}\n", doc.key, doc.example)),
             }
         }
+    }
+    out.push_str(
+        "\n# Webhooks: every recorded event of the listed kinds is POSTed to url, at least once,\n\
+         # from a durable outbox (retried with backoff, also after a restart). Headers:\n\
+         # X-Herald-Event-Id, X-Herald-Event-Type, X-Herald-Signature. None by default; repeat\n\
+         # the [[webhooks]] block for each. Not settable from the environment (arrays of tables).\n",
+    );
+    out.push_str(&format!(
+        "# Event kinds: {}.\n# [[webhooks]]\n",
+        EVENT_KINDS.join(", ")
+    ));
+    for (key, required, expected, doc, example) in WEBHOOK_KEYS {
+        let need = if *required { "Required" } else { "Optional" };
+        out.push_str(&format!("# {need}. {doc} Accepts {expected}.\n"));
+        out.push_str(&format!("# {key} = {example}\n"));
     }
     out
 }
@@ -1040,6 +1351,8 @@ mod tests {
         assert_eq!(c.auth.public_key_pem, None);
         assert_eq!(c.auth.leeway_ms, 30_000);
         assert!(c.api.keys.is_empty());
+        assert_eq!(c.api.events_heartbeat_ms, 15_000);
+        assert!(c.webhooks.is_empty());
         assert!(load_env(&[]).is_ok_and(|loaded| loaded == c));
     }
 
@@ -1407,6 +1720,7 @@ mod tests {
             ("HERALD_STORAGE__MAX_BATCH", "0"),
             ("HERALD_AUTH__LEEWAY_MS", "3600000"),
             ("HERALD_API__KEYS", "good,has space"),
+            ("HERALD_API__EVENTS_HEARTBEAT_MS", "10"),
         ] {
             let e = err_env(&[(var, value)]);
             assert!(e.contains(&format!("(from {var}): must")), "{var}: {e}");
@@ -1437,5 +1751,197 @@ mod tests {
             !debug.contains("hunter2") && !debug.contains("topsecretkey"),
             "{debug}"
         );
+    }
+
+    const HOOK: &str = "[[webhooks]]\nurl = \"http://127.0.0.1:9000/h\"\nevents = [\"eviction\", \"gap\"]\nsecret = \"s3cret-value\"\n";
+
+    #[test]
+    fn webhooks_load_from_the_file_with_defaults_and_reach_the_engine() {
+        let text = format!(
+            "{HOOK}\n[[webhooks]]\nurl = \"http://localhost/all\"\nevents = [\"*\"]\nsecret = \"x\"\n\
+             timeout_ms = 250\nretry_initial_ms = 10\nretry_max_ms = 20\nfailed_after_attempts = 2\n"
+        );
+        let (_, r) = load_file(&text, &[]);
+        let c = r.expect("valid");
+        assert_eq!(c.webhooks.len(), 2);
+        let (a, b) = (&c.webhooks[0], &c.webhooks[1]);
+        assert_eq!(a.url, "http://127.0.0.1:9000/h");
+        assert_eq!(a.events, ["eviction", "gap"]);
+        assert_eq!(a.secret, "s3cret-value");
+        assert_eq!(
+            (
+                a.timeout_ms,
+                a.retry_initial_ms,
+                a.retry_max_ms,
+                a.failed_after_attempts
+            ),
+            (5000, 1000, 300_000, 5)
+        );
+        assert_eq!(
+            (
+                b.timeout_ms,
+                b.retry_initial_ms,
+                b.retry_max_ms,
+                b.failed_after_attempts
+            ),
+            (250, 10, 20, 2)
+        );
+        let routes = c.engine_config().webhooks;
+        assert_eq!(
+            routes,
+            [
+                WebhookRoute {
+                    target: "http://127.0.0.1:9000/h".into(),
+                    kinds: vec!["eviction".into(), "gap".into()],
+                },
+                WebhookRoute {
+                    target: "http://localhost/all".into(),
+                    kinds: vec!["*".into()],
+                },
+            ]
+        );
+        // Other sections from the environment still merge over a file with webhooks.
+        let (_, r) = load_file(HOOK, &[("HERALD_SESSION__HEARTBEAT_MS", "300")]);
+        let c = r.expect("valid");
+        assert_eq!(c.session.heartbeat_ms, 300);
+        assert_eq!(c.webhooks.len(), 1);
+        assert!(!format!("{c:?}").contains("s3cret-value"));
+    }
+
+    #[test]
+    fn webhook_rules_name_the_entry_key_and_rule() {
+        let bad = |entry: &str| -> String {
+            let (_, r) = load_file(&format!("[[webhooks]]\n{entry}"), &[]);
+            r.expect_err("invalid").to_string()
+        };
+        let ok = "events = [\"*\"]\nsecret = \"k\"\n";
+        let e = bad(&format!("url = \"https://example.com/h\"\n{ok}"));
+        assert!(
+            e.contains("webhooks[#1].url = \"https://example.com/h\"")
+                && e.contains("https is not supported"),
+            "{e}"
+        );
+        let e = bad(&format!("url = \"ftp://example.com/h\"\n{ok}"));
+        assert!(e.contains("use http://"), "{e}");
+        let e = bad(&format!("url = \"not a url\"\n{ok}"));
+        assert!(e.contains("is not a URL"), "{e}");
+        let e = bad(&format!("url = \"http://u:p@example.com/\"\n{ok}"));
+        assert!(e.contains("credentials"), "{e}");
+        let e = bad("url = \"http://h/\"\nevents = [\"evictions\"]\nsecret = \"k\"\n");
+        assert!(e.contains("webhooks[#1].events") && e.contains("\"evictions\" is not an event kind; known kinds: eviction, resume_failed, gap, kick"), "{e}");
+        let e = bad("url = \"http://h/\"\nevents = []\nsecret = \"k\"\n");
+        assert!(e.contains("must name at least one event kind"), "{e}");
+        let e = bad("url = \"http://h/\"\nevents = [\"*\"]\nsecret = \"\"\n");
+        assert!(
+            e.contains("webhooks[#1].secret = <redacted>") && e.contains("must not be empty"),
+            "{e}"
+        );
+        let e = bad("events = [\"*\"]\nsecret = \"k\"\n");
+        assert!(
+            e.contains("webhook #1 (from ") && e.contains("has no url"),
+            "{e}"
+        );
+        let e = bad(&format!("url = \"http://h/\"\n{ok}timeout = 5\n"));
+        assert!(
+            e.contains("unknown key timeout in webhook #1")
+                && e.contains("known keys in [[webhooks]]: url, events, secret, timeout_ms"),
+            "{e}"
+        );
+        let e = bad(&format!("url = \"http://h/\"\n{ok}timeout_ms = \"5s\"\n"));
+        assert!(
+            e.contains("webhooks[#1].timeout_ms = \"5s\"")
+                && e.contains("expected a whole number of milliseconds"),
+            "{e}"
+        );
+        let e = bad("url = \"http://h/\"\nevents = [\"*\"]\nsecret = 12345\n");
+        assert!(
+            e.contains("webhooks[#1].secret = <redacted>") && !e.contains("12345"),
+            "{e}"
+        );
+        let e = bad(&format!(
+            "url = \"http://h/\"\n{ok}retry_initial_ms = 500\nretry_max_ms = 100\n"
+        ));
+        assert!(
+            e.contains("webhooks[#1].retry_max_ms = 100")
+                && e.contains("at least retry_initial_ms = 500"),
+            "{e}"
+        );
+        for key in ["timeout_ms", "retry_initial_ms", "failed_after_attempts"] {
+            let e = bad(&format!(
+                "url = \"http://h/\"\n{ok}retry_max_ms = 1000\n{key} = 0\n"
+            ));
+            assert!(
+                e.contains(&format!("webhooks[#1].{key} = 0")) && e.contains("at least 1"),
+                "{e}"
+            );
+        }
+        // Loopback is allowed; the same url twice is not.
+        let (_, r) = load_file(&format!("{HOOK}{HOOK}"), &[]);
+        let e = r.expect_err("duplicate").to_string();
+        assert!(
+            e.contains("webhooks[#2].url") && e.contains("must differ"),
+            "{e}"
+        );
+        // A table instead of an array of tables.
+        let (_, r) = load_file("[webhooks]\nurl = \"http://h/\"\n", &[]);
+        let e = r.expect_err("not an array").to_string();
+        assert!(
+            e.contains("must be an array of tables") && e.contains("[[webhooks]]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn webhooks_cannot_come_from_the_environment() {
+        let e = err_env(&[("HERALD_WEBHOOKS__URL", "http://h/")]);
+        assert!(
+            e.starts_with("HERALD_WEBHOOKS__URL: webhooks are an array of tables and cannot be set from the environment"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_commented_webhook_example_is_a_valid_entry() {
+        let text = defaults_toml();
+        let start = text.find("# [[webhooks]]\n").expect("example present");
+        let example: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with("[[") || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for (key, ..) in WEBHOOK_KEYS {
+            assert!(
+                example.contains(&format!("\n{key} = ")),
+                "{key} missing:\n{example}"
+            );
+        }
+        let (_, r) = load_file(&example, &[]);
+        let c = r.expect("the example loads");
+        assert_eq!(c.webhooks.len(), 1);
+        for kind in EVENT_KINDS {
+            assert!(text.contains(kind), "{kind} not documented");
+        }
+        assert!(text.contains("Not settable from the environment"));
+    }
+
+    #[test]
+    fn webhook_key_table_matches_the_struct() {
+        let entry = WebhookEntry {
+            url: "http://h/".into(),
+            events: vec!["*".into()],
+            secret: "k".into(),
+            timeout_ms: 1,
+            retry_initial_ms: 1,
+            retry_max_ms: 1,
+            failed_after_attempts: 1,
+        };
+        let table = toml::Table::try_from(&entry).expect("serializes");
+        let fields: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut documented: Vec<&str> = WEBHOOK_KEYS.iter().map(|(k, ..)| *k).collect();
+        let mut fields = fields;
+        fields.sort_unstable();
+        documented.sort_unstable();
+        assert_eq!(fields, documented);
     }
 }

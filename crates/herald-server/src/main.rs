@@ -9,6 +9,7 @@ mod config;
 mod metrics;
 mod shutdown;
 mod transport;
+mod webhooks;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -112,6 +112,42 @@ pub trait Store: Send + Sync + 'static {
     /// Appends to the event feed (evictions, resume failures, gaps, kicks).
     async fn append_event(&self, e: NewEvent) -> Result<Event, StoreError>;
 
+    /// Appends to the event feed and, in the same commit, queues one webhook delivery per
+    /// entry of `targets` (webhook URLs) in the outbox: the event is durable with its
+    /// deliveries or not at all. With no targets this is [`Store::append_event`].
+    async fn append_event_with_outbox(
+        &self,
+        e: NewEvent,
+        targets: Vec<String>,
+    ) -> Result<Event, StoreError>;
+
+    /// Up to `limit` outbox deliveries due at `now_ms` (`next_attempt_ms <= now_ms`), the
+    /// longest-waiting first.
+    async fn due_deliveries(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxDelivery>, StoreError>;
+
+    /// How many deliveries are pending and when the next one is due.
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError>;
+
+    /// The delivery succeeded: removes it from the outbox.
+    async fn mark_delivered(&self, id: u64) -> Result<(), StoreError>;
+
+    /// The delivery failed: counts the attempt, records `error` and defers the next attempt
+    /// to `next_attempt_ms`. Returns the number of failed attempts so far (0 if the delivery
+    /// is no longer in the outbox).
+    async fn mark_failed(
+        &self,
+        id: u64,
+        next_attempt_ms: u64,
+        error: &str,
+    ) -> Result<u32, StoreError>;
+
+    /// Gives a delivery up without making it (its webhook is gone, or it is too old).
+    async fn drop_delivery(&self, id: u64) -> Result<(), StoreError>;
+
     /// Events oldest first: with `after_id`, the first `limit` after it (a follower never skips
     /// one); otherwise the newest `limit`.
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError>;

@@ -233,3 +233,35 @@ pub enum Durability {
     /// Committed to the OS page cache: survives a process crash, not a power loss.
     Os,
 }
+
+/// A webhook delivery waiting in the outbox: one event for one webhook. Written in the same
+/// commit as its event, removed once delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxDelivery {
+    /// Increasing id of the delivery (not the event's).
+    pub id: u64,
+    pub event_id: u64,
+    /// The event's kind (`eviction`, `gap`, …).
+    pub kind: String,
+    /// Which webhook: its URL, as configured when the event was recorded.
+    pub target: String,
+    /// The exact request body: the event as JSON, as in the event feed.
+    pub body: String,
+    /// When the event was recorded, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not to be tried before this time.
+    pub next_attempt_ms: u64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// The outbox at a glance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    /// Deliveries not yet made.
+    pub pending: u64,
+    /// The earliest `next_attempt_ms` among them.
+    pub next_attempt_ms: Option<u64>,
+}

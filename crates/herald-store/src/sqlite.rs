@@ -344,10 +344,59 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, e: NewEvent) -> Result<Event, StoreError> {
-        match self.submit(Write::AppendEvent(e)).await? {
+        self.append_event_with_outbox(e, Vec::new()).await
+    }
+
+    async fn append_event_with_outbox(
+        &self,
+        e: NewEvent,
+        targets: Vec<String>,
+    ) -> Result<Event, StoreError> {
+        match self.submit(Write::AppendEvent(e, targets)).await? {
             Done::Event(event) => Ok(event),
             other => Err(mismatch(other)),
         }
+    }
+
+    async fn due_deliveries(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxDelivery>, StoreError> {
+        self.check_open()?;
+        self.readers
+            .run(move |c| read::due_deliveries(c, now_ms, limit))
+            .await
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        self.check_open()?;
+        self.readers.run(read::outbox_status).await
+    }
+
+    async fn mark_delivered(&self, id: u64) -> Result<(), StoreError> {
+        unit(self.submit(Write::RemoveDelivery(id)).await?)
+    }
+
+    async fn mark_failed(
+        &self,
+        id: u64,
+        next_attempt_ms: u64,
+        error: &str,
+    ) -> Result<u32, StoreError> {
+        let write = Write::DeliveryFailed {
+            id,
+            next_attempt_ms,
+            error: error.to_owned(),
+        };
+        match self.submit(write).await? {
+            Done::Attempts(n) => Ok(n),
+            other => Err(mismatch(other)),
+        }
+    }
+
+    async fn drop_delivery(&self, id: u64) -> Result<(), StoreError> {
+        unit(self.submit(Write::RemoveDelivery(id)).await?)
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {

@@ -23,6 +23,9 @@ use serde_json::json;
 
 use crate::app::App;
 
+mod events_stream;
+pub(crate) use events_stream::events_stream;
+
 /// Most items one list call returns.
 pub(crate) const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;

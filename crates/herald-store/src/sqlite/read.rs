@@ -406,3 +406,47 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> Result<Vec<Event>, St
     }
     Ok(events)
 }
+
+/// Outbox deliveries with `next_attempt_ms <= now_ms`, the longest-waiting first.
+pub(super) fn due_deliveries(
+    conn: &Connection,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<OutboxDelivery>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, event_id, kind, target, body, created_ms, attempts, next_attempt_ms,
+                last_error
+         FROM outbox WHERE next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_map(params![sql_int(now_ms), sql_int(limit as u64)], |r| {
+            Ok(OutboxDelivery {
+                id: r.get(0)?,
+                event_id: r.get(1)?,
+                kind: r.get(2)?,
+                target: r.get(3)?,
+                body: r.get(4)?,
+                created_ms: r.get(5)?,
+                attempts: r.get(6)?,
+                next_attempt_ms: r.get(7)?,
+                last_error: r.get(8)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql_error)
+}
+
+/// How many deliveries wait in the outbox and when the next one is due.
+pub(super) fn outbox_status(conn: &Connection) -> Result<OutboxStatus, StoreError> {
+    conn.prepare_cached("SELECT count(*), min(next_attempt_ms) FROM outbox")
+        .and_then(|mut stmt| {
+            stmt.query_row([], |r| {
+                Ok(OutboxStatus {
+                    pending: r.get(0)?,
+                    next_attempt_ms: r.get(1)?,
+                })
+            })
+        })
+        .map_err(sql_error)
+}

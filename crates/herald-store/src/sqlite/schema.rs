@@ -36,6 +36,10 @@ const STATEMENT_CACHE: usize = 128;
 /// - `deliveries.acked_ms` is NULL until the device's cursor passes the message; the partial
 ///   index `deliveries_unacked` keeps `set_cursor` from scanning acknowledged rows.
 /// - `events.id` is `AUTOINCREMENT` so ids are never reused after purging the newest ones.
+/// - `outbox` holds webhook deliveries not yet made, one row per (event, webhook), written in
+///   the event's commit; `body` is the exact JSON sent. Rows leave when delivered or given up
+///   (never by retention). The table was added without a version bump: `CREATE … IF NOT
+///   EXISTS` adds it to older databases, and older builds ignore it.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -122,6 +126,19 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_kind ON events(kind, id);
 CREATE INDEX IF NOT EXISTS events_by_uid ON events(uid, id);
 CREATE INDEX IF NOT EXISTS events_by_ts ON events(ts);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        INTEGER NOT NULL,
+    kind            TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(next_attempt_ms, id);
 ";
 
 /// Opens the single read-write connection, switches the database to WAL, applies the

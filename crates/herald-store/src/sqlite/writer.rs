@@ -48,7 +48,15 @@ pub(super) enum Write {
         ts: u64,
     },
     RecordSent(SentRecord),
-    AppendEvent(NewEvent),
+    /// An event and its webhook targets (one outbox row each), in one commit.
+    AppendEvent(NewEvent, Vec<String>),
+    /// Removes a delivery from the outbox (delivered, or given up).
+    RemoveDelivery(u64),
+    DeliveryFailed {
+        id: u64,
+        next_attempt_ms: u64,
+        error: String,
+    },
     Trim {
         now_ms: u64,
         policy: Retention,
@@ -63,6 +71,8 @@ pub(super) enum Done {
     Appended(AppendOutcome),
     Event(Event),
     Trimmed(Vec<Trimmed>),
+    /// Failed attempts of an outbox delivery.
+    Attempts(u32),
     Unit,
 }
 
@@ -283,7 +293,20 @@ impl Writer {
                 .set_cursor(&uid, &device, offset, ts)
                 .map(|()| Done::Unit),
             Write::RecordSent(d) => self.record_sent(&d).map(|()| Done::Unit),
-            Write::AppendEvent(e) => self.append_event(e).map(Done::Event),
+            Write::AppendEvent(e, targets) => self.append_event(e, &targets).map(Done::Event),
+            Write::RemoveDelivery(id) => {
+                self.conn
+                    .prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                    .execute([id])?;
+                Ok(Done::Unit)
+            }
+            Write::DeliveryFailed {
+                id,
+                next_attempt_ms,
+                error,
+            } => self
+                .delivery_failed(id, next_attempt_ms, &error)
+                .map(Done::Attempts),
             Write::Trim { now_ms, policy } => {
                 retention::trim(&self.conn, now_ms, &policy).map(Done::Trimmed)
             }
@@ -443,7 +466,7 @@ impl Writer {
         Ok(())
     }
 
-    fn append_event(&self, e: NewEvent) -> rusqlite::Result<Event> {
+    fn append_event(&self, e: NewEvent, targets: &[String]) -> rusqlite::Result<Event> {
         self.conn
             .prepare_cached(
                 "INSERT INTO events (ts, kind, uid, device, session, conn, data)
@@ -461,7 +484,41 @@ impl Writer {
         let rowid = self.conn.last_insert_rowid();
         let id =
             u64::try_from(rowid).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, rowid))?;
-        Ok(Event { id, event: e })
+        let event = Event { id, event: e };
+        if !targets.is_empty() {
+            // The exact bytes every webhook receives (and signs over): the event as the feed
+            // shows it.
+            let body = serde_json::to_string(&event)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let mut insert = self.conn.prepare_cached(
+                "INSERT INTO outbox (event_id, kind, target, body, created_ms, attempts,
+                                     next_attempt_ms, last_error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?5, NULL)",
+            )?;
+            for target in targets {
+                insert.execute(params![
+                    event.id,
+                    event.event.kind,
+                    target,
+                    body,
+                    event.event.ts
+                ])?;
+            }
+        }
+        Ok(event)
+    }
+
+    /// Counts a failed attempt of an outbox delivery; returns the attempts so far (0 when the
+    /// delivery is gone).
+    fn delivery_failed(&self, id: u64, next_attempt_ms: u64, error: &str) -> rusqlite::Result<u32> {
+        self.conn
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3
+                 WHERE id = ?1 RETURNING attempts",
+            )?
+            .query_row(params![id, next_attempt_ms, error], |r| r.get(0))
+            .optional()
+            .map(Option::unwrap_or_default)
     }
 
     /// Tells the listener about a committed batch. A panicking listener is logged, not

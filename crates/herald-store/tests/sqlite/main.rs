@@ -10,6 +10,7 @@ mod disk_full;
 mod events;
 mod idempotency;
 mod offsets;
+mod outbox;
 mod props;
 mod reopen;
 mod retention;

@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::auth::ChannelGrants;
 use crate::engine::{Engine, SYSTEM_SENDER};
 use crate::ids;
+use crate::metrics::Metrics;
 use crate::session::{Control, SessionShared};
 use crate::streams::{client_name, Cached, Fetch};
 
@@ -99,6 +100,18 @@ struct Position {
     active: bool,
     /// Gap ranges in `(acked, sent]`: announced, not messages in flight.
     gaps: Vec<(u64, u64)>,
+    /// Messages written on this connection and not yet acknowledged, oldest first, for the
+    /// ack latency metric and the `acked` debug line. At most `max_inflight` entries.
+    unacked: VecDeque<SentMsg>,
+}
+
+/// A message in flight on this connection.
+#[derive(Debug, Clone)]
+struct SentMsg {
+    offset: u64,
+    /// When it was stored (`msg.ts`).
+    ts: u64,
+    id: String,
 }
 
 impl Position {
@@ -108,6 +121,7 @@ impl Position {
             sent: at,
             active,
             gaps: Vec::new(),
+            unacked: VecDeque::new(),
         }
     }
 
@@ -299,7 +313,7 @@ impl Attached {
                 self.push_err(
                     None,
                     ErrorCode::BadFrame,
-                    "hello was already received on this connection".into(),
+                    "`t`: hello was already received on this connection; it is only valid as the first frame".into(),
                 );
                 None
             }
@@ -398,9 +412,12 @@ impl Attached {
                     }
                 }
                 r = front => {
-                    let reply = r.unwrap_or_else(|| Reply {
-                        frame: ServerFrame::err(None, ErrorCode::Internal, "request task ended without an answer").encode(),
-                        effect: Effect::None,
+                    let reply = r.unwrap_or_else(|| {
+                        self.engine.metrics().error(ErrorCode::Internal.as_str());
+                        Reply {
+                            frame: ServerFrame::err(None, ErrorCode::Internal, "request task ended without an answer").encode(),
+                            effect: Effect::None,
+                        }
                     });
                     if let Some(f) = self.answers.front_mut() {
                         *f = Answer::Ready(reply);
@@ -447,6 +464,7 @@ impl Attached {
                     Err(oneshot::error::TryRecvError::Empty) => break,
                     Err(oneshot::error::TryRecvError::Closed) => {
                         self.answers.pop_front();
+                        self.engine.metrics().error(ErrorCode::Internal.as_str());
                         Reply {
                             frame: ServerFrame::err(
                                 None,
@@ -520,11 +538,12 @@ impl Attached {
             }));
         }
         if seq <= g.submitted_seq {
+            self.engine.metrics().error(ErrorCode::BadFrame.as_str());
             return Some(
                 ServerFrame::err(
                     Some(seq),
                     ErrorCode::BadFrame,
-                    format!("seq {seq} is already being processed; its answer will follow"),
+                    format!("`seq` {seq} is already being processed; its answer will follow (wait for it, do not resend)"),
                 )
                 .encode(),
             );
@@ -557,7 +576,7 @@ impl Attached {
                     self.reject(
                         seq,
                         ErrorCode::Forbidden,
-                        format!("your token does not allow publishing to chan:{c}"),
+                        format!("`to`: your token's chans.pub claim does not allow publishing to chan:{c}"),
                     );
                     return;
                 }
@@ -575,8 +594,6 @@ impl Attached {
             idem: p.id,
             session_seq: Some((self.session.id.clone(), seq)),
         };
-        debug!(uid = %self.session.uid, session = %self.session.id, conn = %self.conn_id,
-            msg_id = %msg.id, seq, to = %p.to, "pub");
         // Accept and hand to the store in one critical section: a takeover either sees this
         // request pending (and waits for it) or this connection refuses it.
         let fut = {
@@ -631,7 +648,10 @@ impl Attached {
             self.reject(
                 seq,
                 ErrorCode::Forbidden,
-                format!("your token does not allow subscribing to chan:{}", s.chan),
+                format!(
+                    "`chan`: your token's chans.sub claim does not allow subscribing to chan:{}",
+                    s.chan
+                ),
             );
             return;
         }
@@ -646,7 +666,11 @@ impl Attached {
                 if !self.positions.contains_key(&key) {
                     self.engine.streams().unwatch(&key, self.watcher);
                 }
-                self.reject(seq, ErrorCode::Unavailable, e.to_string());
+                self.reject(
+                    seq,
+                    ErrorCode::Unavailable,
+                    format!("{e}; not subscribed: send the sub again with a new seq"),
+                );
                 return;
             }
         };
@@ -680,11 +704,14 @@ impl Attached {
                     Effect::Activate(key),
                 ),
                 Err(e) => (
-                    ServerFrame::err(
-                        Some(seq),
-                        ErrorCode::Unavailable,
-                        format!("{e}; not subscribed"),
-                    )
+                    {
+                        engine.metrics().error(ErrorCode::Unavailable.as_str());
+                        ServerFrame::err(
+                            Some(seq),
+                            ErrorCode::Unavailable,
+                            format!("{e}; not subscribed: send the sub again with a new seq"),
+                        )
+                    }
                     .encode(),
                     Effect::Drop(key),
                 ),
@@ -705,7 +732,7 @@ impl Attached {
             self.reject(
                 seq,
                 ErrorCode::NotSubscribed,
-                format!("not subscribed to {key}"),
+                format!("`chan`: this session is not subscribed to {key}"),
             );
             return;
         }
@@ -724,12 +751,17 @@ impl Attached {
                     ..Default::default()
                 })
                 .encode(),
-                Err(e) => ServerFrame::err(
-                    Some(seq),
-                    ErrorCode::Unavailable,
-                    format!("{e}; unsubscribed on this connection, but a restart may restore it"),
-                )
-                .encode(),
+                Err(e) => {
+                    engine.metrics().error(ErrorCode::Unavailable.as_str());
+                    ServerFrame::err(
+                        Some(seq),
+                        ErrorCode::Unavailable,
+                        format!(
+                            "{e}; unsubscribed on this connection, but a restart may restore it"
+                        ),
+                    )
+                    .encode()
+                }
             };
             complete(&session, tx, seq, frame, Effect::None);
         });
@@ -741,7 +773,7 @@ impl Attached {
             Ok(ClientStream::Inbox) => self.inbox.clone(),
             Ok(ClientStream::Chan(c)) => chan_key(&c),
             Err(e) => {
-                self.push_err(None, ErrorCode::BadTarget, e.to_string());
+                self.push_err(None, ErrorCode::BadTarget, format!("`s`: {e}"));
                 return;
             }
         };
@@ -750,7 +782,10 @@ impl Attached {
             self.push_err(
                 None,
                 ErrorCode::NotSubscribed,
-                format!("ack for {}: not subscribed on this session", a.s),
+                format!(
+                    "`s`: this session does not read {} (subscribe first); ack ignored",
+                    a.s
+                ),
             );
             return;
         };
@@ -763,7 +798,17 @@ impl Attached {
         pos.acked = upto;
         pos.sent = pos.sent.max(upto);
         pos.gaps.retain(|&(_, to)| to > upto);
-        self.engine.metrics().acks.inc();
+        let m = self.engine.metrics();
+        m.acks.inc();
+        let now = self.engine.now_ms();
+        while pos.unacked.front().is_some_and(|f| f.offset <= upto) {
+            if let Some(f) = pos.unacked.pop_front() {
+                Metrics::observe_ms(&m.ack_latency, now.saturating_sub(f.ts));
+                debug!(uid = %self.session.uid, device = %self.session.device,
+                    session = %self.session.id, conn = %self.conn_id, msg_id = %f.id,
+                    s = %a.s, o = f.offset, "acked");
+            }
+        }
         if key == self.inbox {
             let engine = self.engine.clone();
             let (uid, device) = (self.session.uid.clone(), self.session.device.clone());
@@ -864,8 +909,9 @@ impl Attached {
             pos.gaps.push((from, to));
             pos.sent = pos.sent.max(to);
             self.engine.metrics().gaps.inc();
-            warn!(uid = %self.session.uid, device = %self.session.device, session = %self.session.id,
-                conn = %self.conn_id, stream = %name, from, to, "gap: messages trimmed before delivery");
+            warn!(event = "gap", uid = %self.session.uid, device = %self.session.device, session = %self.session.id,
+                conn = %self.conn_id, stream = %name, from, to, reason = "retention",
+                "gap: messages trimmed before delivery");
             self.engine.record_event(
                 "gap",
                 Some(&self.session.uid),
@@ -878,6 +924,11 @@ impl Attached {
         for c in items {
             frames.push(c.wire.clone());
             pos.sent = pos.sent.max(c.msg.offset);
+            pos.unacked.push_back(SentMsg {
+                offset: c.msg.offset,
+                ts: c.msg.ts,
+                id: c.msg.id.clone(),
+            });
         }
         if let Some(last) = items.last() {
             let first = items[0].msg.offset;
@@ -892,6 +943,16 @@ impl Attached {
             m.deliveries.inc_by(items.len() as u64);
             if first <= high {
                 m.redeliveries.inc_by(high.min(last.msg.offset) - first + 1);
+            }
+            let now = self.engine.now_ms();
+            for c in items {
+                let again = c.msg.offset <= high;
+                if !again {
+                    Metrics::observe_ms(&m.delivery_latency, now.saturating_sub(c.msg.ts));
+                }
+                debug!(uid = %self.session.uid, device = %self.session.device,
+                    session = %self.session.id, conn = %self.conn_id, msg_id = %c.msg.id,
+                    s = %name, o = c.msg.offset, redelivery = again, "delivered");
             }
             if key == self.inbox {
                 let records: Vec<SentRecord> = items

@@ -19,9 +19,10 @@ use herald_store::{
     chan_key, inbox_key, AppendOutcome, Event, NewEvent, NewMessage, SessionRecord, SessionState,
     Store, StoreError, StoredMessage,
 };
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::Identity;
 use crate::clock::Clock;
@@ -30,7 +31,7 @@ use crate::conn::Attached;
 use crate::directory::{Directory, Found};
 use crate::identity::{admit, Admission, Candidate};
 use crate::ids;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SessionGauges};
 use crate::session::{ConnSlot, Control, SessionShared, Tombstone};
 use crate::streams::{client_name, Streams};
 pub use crate::trace::{RecipientState, RecipientView, Trace, TracePage};
@@ -51,7 +52,10 @@ pub struct Peer {
 /// must see ([`OpenError::answer`]).
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("uid {uid} already has a connected session (identity.policy = reject_new)")]
+    #[error(
+        "`uid` {uid} already has a connected session; identity.policy = reject_new refuses a \
+         second login until it disconnects"
+    )]
     IdentityInUse { uid: String },
     #[error("session was evicted: {}", .0.reason.as_str())]
     Evicted(Evicted),
@@ -172,6 +176,21 @@ pub(crate) struct EngineInner {
     append_failing: Mutex<Option<String>>,
 }
 
+impl EngineInner {
+    /// Open sessions as (connected, disconnected).
+    pub(crate) fn session_counts(&self) -> (i64, i64) {
+        let (mut c, mut d) = (0, 0);
+        for s in self.directory.all() {
+            match s.lock().state {
+                SessionState::Connected => c += 1,
+                SessionState::Disconnected => d += 1,
+                SessionState::Closed => {}
+            }
+        }
+        (c, d)
+    }
+}
+
 /// The engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -251,6 +270,15 @@ impl Engine {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Registers the engine's metrics, including `herald_sessions{state}` (counted when
+    /// scraped) and the store observer's series (see [`Metrics::store`]).
+    pub fn register_metrics(&self, r: &mut Registry) {
+        self.inner.metrics.register(r);
+        r.register_collector(Box::new(SessionGauges {
+            engine: Arc::downgrade(&self.inner),
+        }));
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -396,8 +424,9 @@ impl Engine {
                 }
                 ResumeLookup::Evicted(ev) => {
                     self.inner.metrics.resume("evicted");
-                    warn!(uid = %uid, session = %r.session, conn = %conn_id, addr = %peer.addr,
-                        reason = ev.reason.as_str(), "resume refused: session was evicted");
+                    warn!(event = "resume_failed", uid = %uid, device = hello.device.as_deref().unwrap_or(""),
+                        session = %r.session, conn = %conn_id, addr = %peer.addr, reason = "evicted",
+                        evicted = ev.reason.as_str(), "resume refused: session was evicted");
                     self.record_event(
                         "resume_failed",
                         Some(&uid),
@@ -410,7 +439,8 @@ impl Engine {
                 }
                 ResumeLookup::Failed(e) => {
                     self.inner.metrics.resume(e.as_str());
-                    warn!(uid = %uid, session = %r.session, conn = %conn_id, addr = %peer.addr,
+                    warn!(event = "resume_failed", uid = %uid, device = hello.device.as_deref().unwrap_or(""),
+                        session = %r.session, conn = %conn_id, addr = %peer.addr,
                         reason = e.as_str(), "resume failed; starting a new session");
                     self.record_event(
                         "resume_failed",
@@ -456,8 +486,9 @@ impl Engine {
         };
         match decision {
             Admission::Reject { holder } => {
-                warn!(uid = %uid, device = %device, conn = %conn_id, addr = %peer.addr,
-                    holder = %holder, "login refused: uid in use (identity.policy = reject_new)");
+                warn!(event = "identity_rejected", uid = %uid, device = %device, session = "",
+                    conn = %conn_id, addr = %peer.addr, reason = "identity_in_use", holder = %holder,
+                    "login refused: uid in use (identity.policy = reject_new)");
                 self.record_event(
                     "identity_rejected",
                     Some(&uid),
@@ -624,8 +655,14 @@ impl Engine {
         )
         .await?;
         // `Attached::new` counted the connection; its drop (`detached`) uncounts it.
-        info!(uid = %s.uid, device = %s.device, session = %s.id, conn = %conn_id,
-            addr = %peer.addr, resumed, "connected");
+        if resumed {
+            info!(event = "resume", uid = %s.uid, device = %s.device, session = %s.id,
+                conn = %conn_id, addr = %peer.addr, reason = "resumed", "resumed");
+        } else {
+            info!(event = "connect", uid = %s.uid, device = %s.device, session = %s.id,
+                conn = %conn_id, addr = %peer.addr, reason = "new",
+                resume_error = resume_error.map(|e| e.as_str()), "connected");
+        }
         Ok(attached)
     }
 
@@ -656,8 +693,9 @@ impl Engine {
         reason: EvictReason,
         by: &EvictedBy,
     ) {
-        warn!(uid = %s.uid, device = %s.device, session = %s.id, conn = %conn, addr = %addr,
-            reason = reason.as_str(), by_conn = ?by.conn, by_addr = ?by.addr, "session evicted");
+        warn!(event = "eviction", uid = %s.uid, device = %s.device, session = %s.id, conn = %conn,
+            addr = %addr, reason = reason.as_str(), by_conn = by.conn.as_deref().unwrap_or(""),
+            by_addr = by.addr.as_deref().unwrap_or(""), "session evicted");
         self.inner.metrics.eviction(reason.as_str());
         self.record_event(
             "eviction",
@@ -780,14 +818,17 @@ impl Engine {
         r: Result<AppendOutcome, StoreError>,
     ) -> Result<AppendOutcome, StoreError> {
         match &r {
-            Ok(AppendOutcome::Stored(_)) => {
+            Ok(AppendOutcome::Stored(m)) => {
+                debug!(msg_id = %m.id, s = %m.stream, o = m.offset, from = %m.from,
+                    dup = false, "pub accepted");
                 self.inner.metrics.publishes.inc();
                 if self.append_failing().is_some() {
                     info!("store accepts messages again");
                     *self.append_failing() = None;
                 }
             }
-            Ok(AppendOutcome::Duplicate { .. }) => {
+            Ok(AppendOutcome::Duplicate { id, stream, offset }) => {
+                debug!(msg_id = %id, s = %stream, o = offset, dup = true, "pub accepted");
                 self.inner.metrics.publish_duplicates.inc();
             }
             Err(e) => {
@@ -858,8 +899,23 @@ impl Engine {
             conn: None,
             addr: Some(by_addr.to_string()),
         };
+        let (device, conn, addr) = self
+            .directory()
+            .get(id)
+            .map(|s| {
+                let g = s.lock();
+                let (c, a) = g
+                    .conn
+                    .as_ref()
+                    .map(|c| (c.conn_id.clone(), c.addr.clone()))
+                    .unwrap_or_default();
+                (s.device.clone(), c, a)
+            })
+            .unwrap_or_default();
         let done = self.evict(id, EvictReason::Kicked, by);
         if done {
+            info!(event = "kick", uid = %uid, device = %device, session = %id, conn = %conn,
+                addr = %addr, reason = "kicked", by = %by_addr, "session kicked");
             self.record_event(
                 "kick",
                 Some(&uid),
@@ -873,35 +929,27 @@ impl Engine {
     }
 
     /// Periodic upkeep: expire sessions past their reconnect window, persist moved channel
-    /// positions, refresh gauges, and (when `trim`) apply retention.
+    /// positions, and (when `trim`) apply retention.
     pub async fn tick(&self, trim: bool) {
         let now = self.now_ms();
-        let (expired, dirty, connected, disconnected) = {
+        let (expired, dirty) = {
             self.directory()
                 .purge_tombstones(now, self.inner.cfg.retention.tombstone_ms);
             let mut expired = Vec::new();
             let mut dirty = Vec::new();
-            let (mut c, mut d) = (0i64, 0i64);
             for s in self.directory().all() {
                 let g = s.lock();
-                match g.state {
-                    SessionState::Connected => c += 1,
-                    SessionState::Disconnected => {
-                        d += 1;
-                        if now.saturating_sub(g.last_seen_ms) >= g.reconnect_timeout_ms {
-                            expired.push(s.clone());
-                        }
-                    }
-                    SessionState::Closed => {}
+                if g.state == SessionState::Disconnected
+                    && now.saturating_sub(g.last_seen_ms) >= g.reconnect_timeout_ms
+                {
+                    expired.push(s.clone());
                 }
                 if g.dirty {
                     dirty.push(s.clone());
                 }
             }
-            (expired, dirty, c, d)
+            (expired, dirty)
         };
-        self.inner.metrics.sessions_connected.set(connected);
-        self.inner.metrics.sessions_disconnected.set(disconnected);
         for s in expired {
             info!(uid = %s.uid, device = %s.device, session = %s.id, "session expired (reconnect window passed)");
             self.close(&s, "expired", None);

@@ -85,3 +85,71 @@ pub mod close {
     /// No frame for `heartbeat_ms` + grace: the peer is presumed dead.
     pub const HEARTBEAT_TIMEOUT: u16 = 4008;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/errors.md` is the catalogue clients code against: every code and close code
+    /// must be documented there, each under its own heading or row.
+    #[test]
+    fn every_code_is_documented_in_docs_errors_md() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/errors.md");
+        let doc = std::fs::read_to_string(path).expect("docs/errors.md");
+        for code in ErrorCode::ALL {
+            let heading = format!("### `{}`", code.as_str());
+            assert!(
+                doc.contains(&heading),
+                "docs/errors.md has no {heading:?} section"
+            );
+        }
+        for code in [
+            close::GOING_AWAY,
+            close::FRAME_TOO_LARGE,
+            close::PROTOCOL_ERROR,
+            close::HELLO_TIMEOUT,
+            close::AUTH_FAILED,
+            close::EVICTED,
+            close::IDENTITY_IN_USE,
+            close::RATE_LIMITED,
+            close::HEARTBEAT_TIMEOUT,
+            1000,
+            1011,
+        ] {
+            assert!(
+                doc.contains(&format!("\n| {code} |")),
+                "docs/errors.md has no row for close code {code}"
+            );
+        }
+    }
+
+    /// `ALL` lists every variant (the match below stops compiling when one is added).
+    #[test]
+    fn all_lists_every_variant() {
+        for code in ErrorCode::ALL {
+            match code {
+                ErrorCode::BadFrame
+                | ErrorCode::UnknownType
+                | ErrorCode::BadTarget
+                | ErrorCode::TooLarge
+                | ErrorCode::Forbidden
+                | ErrorCode::NotSubscribed
+                | ErrorCode::IdentityInUse
+                | ErrorCode::RateLimited
+                | ErrorCode::Unavailable
+                | ErrorCode::Internal
+                | ErrorCode::Unauthorized
+                | ErrorCode::NotFound => {}
+            }
+        }
+        let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
+        assert_eq!(distinct.len(), ErrorCode::ALL.len());
+        let ser: Vec<String> = ErrorCode::ALL
+            .iter()
+            .map(|c| serde_json::to_string(c).unwrap_or_default())
+            .collect();
+        for (c, s) in ErrorCode::ALL.iter().zip(ser) {
+            assert_eq!(s, format!("\"{}\"", c.as_str()), "serde and as_str agree");
+        }
+    }
+}

@@ -76,7 +76,7 @@ fn split<T>(
         return vec![Err(DecodeError::new(
             None,
             ErrorCode::BadFrame,
-            "empty frame",
+            "empty frame: a text frame holds one JSON object, or several separated by \\n",
         ))];
     }
     if !trimmed.contains('\n') {
@@ -107,7 +107,14 @@ fn probe(obj: &str) -> Result<(String, Option<u64>), DecodeError> {
         let msg = if !e.is_data() {
             format!("invalid JSON: {e}")
         } else if obj.starts_with('{') {
-            format!("bad frame: {e}")
+            // The only typed field of the probe is `t`.
+            match serde_json::from_str::<serde_json::Value>(obj) {
+                Ok(v) => format!(
+                    "`t` must be a string naming the frame type ({CLIENT_TYPES}), got {}",
+                    describe(&v["t"])
+                ),
+                Err(_) => format!("bad frame: {e}"),
+            }
         } else {
             "a frame must be a JSON object".to_string()
         };
@@ -119,14 +126,145 @@ fn probe(obj: &str) -> Result<(String, Option<u64>), DecodeError> {
         None => Err(DecodeError::new(
             seq,
             ErrorCode::BadFrame,
-            "missing field `t` (the frame type)",
+            format!("missing field `t` (the frame type: one of {CLIENT_TYPES})"),
         )),
     }
 }
 
-fn parse<T: DeserializeOwned>(obj: &str, t: &str, seq: Option<u64>) -> Result<T, DecodeError> {
-    serde_json::from_str(obj)
-        .map_err(|e| DecodeError::new(seq, ErrorCode::BadFrame, format!("bad `{t}` frame: {e}")))
+/// Parses a frame of type `t`. When serde's reason does not name the field at fault (a
+/// wrong type), `fields` is consulted to name it and its rule.
+fn parse<T: DeserializeOwned>(
+    obj: &str,
+    t: &str,
+    seq: Option<u64>,
+    fields: &[Field],
+) -> Result<T, DecodeError> {
+    serde_json::from_str(obj).map_err(|e| {
+        let why = explain(obj, fields).unwrap_or_else(|| e.to_string());
+        DecodeError::new(seq, ErrorCode::BadFrame, format!("bad `{t}` frame: {why}"))
+    })
+}
+
+/// What a field of a client frame must hold.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A non-negative integer (u64).
+    Uint,
+    /// A non-negative integer that fits in u32.
+    Small,
+    Str,
+    Bool,
+    /// Any JSON value.
+    Any,
+    /// `{"session": string, "key": string}`.
+    Resume,
+}
+
+/// A field of a client frame, for error messages.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    name: &'static str,
+    kind: Kind,
+    required: bool,
+}
+
+const fn field(name: &'static str, kind: Kind, required: bool) -> Field {
+    Field {
+        name,
+        kind,
+        required,
+    }
+}
+
+const HELLO_FIELDS: &[Field] = &[
+    field("v", Kind::Small, false),
+    field("token", Kind::Str, false),
+    field("uid", Kind::Str, false),
+    field("device", Kind::Str, false),
+    field("resume", Kind::Resume, false),
+    field("reconnect_timeout_ms", Kind::Uint, false),
+];
+const PUB_FIELDS: &[Field] = &[
+    field("seq", Kind::Uint, true),
+    field("to", Kind::Str, true),
+    field("body", Kind::Any, true),
+    field("id", Kind::Str, false),
+    field("receipt", Kind::Bool, false),
+];
+const SUB_FIELDS: &[Field] = &[
+    field("seq", Kind::Uint, true),
+    field("chan", Kind::Str, true),
+    field("from", Kind::Uint, false),
+];
+const UNSUB_FIELDS: &[Field] = &[
+    field("seq", Kind::Uint, true),
+    field("chan", Kind::Str, true),
+];
+const ACK_FIELDS: &[Field] = &[field("s", Kind::Str, true), field("o", Kind::Uint, true)];
+
+/// Names the first field of `obj` that breaks its rule, e.g. "`seq` must be a non-negative
+/// integer, got a string". `None` when every listed field looks right.
+fn explain(obj: &str, fields: &[Field]) -> Option<String> {
+    use serde_json::Value;
+    let map: serde_json::Map<String, Value> = serde_json::from_str(obj).ok()?;
+    for f in fields {
+        let v = match map.get(f.name) {
+            None | Some(Value::Null) if !f.required => continue,
+            None => return Some(format!("missing field `{}`", f.name)),
+            Some(v) => v,
+        };
+        let (ok, rule) = match f.kind {
+            Kind::Uint => (v.as_u64().is_some(), "a non-negative integer"),
+            Kind::Small => (
+                v.as_u64().is_some_and(|n| u32::try_from(n).is_ok()),
+                "a non-negative integer below 2^32",
+            ),
+            Kind::Str => (v.is_string(), "a string"),
+            Kind::Bool => (v.is_boolean(), "true or false"),
+            Kind::Any => (true, "any JSON value"),
+            Kind::Resume => {
+                let Some(r) = v.as_object() else {
+                    return Some(format!(
+                        "`{}` must be an object {{\"session\":…,\"key\":…}}, got {}",
+                        f.name,
+                        describe(v)
+                    ));
+                };
+                for part in ["session", "key"] {
+                    match r.get(part) {
+                        Some(Value::String(_)) => {}
+                        None => return Some(format!("missing field `{}.{part}`", f.name)),
+                        Some(other) => {
+                            return Some(format!(
+                                "`{}.{part}` must be a string, got {}",
+                                f.name,
+                                describe(other)
+                            ))
+                        }
+                    }
+                }
+                (true, "")
+            }
+        };
+        if !ok {
+            return Some(format!("`{}` must be {rule}, got {}", f.name, describe(v)));
+        }
+    }
+    None
+}
+
+/// A short description of a JSON value for error messages (never the whole value).
+fn describe(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("{b}"),
+        Value::Number(n) => format!("{n}"),
+        Value::String(s) if s.len() <= 40 => format!("the string {s:?}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
 }
 
 fn check_seq(seq: u64) -> Result<(), DecodeError> {
@@ -134,14 +272,15 @@ fn check_seq(seq: u64) -> Result<(), DecodeError> {
         return Err(DecodeError::new(
             Some(0),
             ErrorCode::BadFrame,
-            "`seq` starts at 1 and increases by request",
+            "`seq` must be at least 1, got 0 (it starts at 1 and increases by request)",
         ));
     }
     Ok(())
 }
 
-fn bad_target(seq: Option<u64>, e: NameError) -> DecodeError {
-    DecodeError::new(seq, ErrorCode::BadTarget, e.to_string())
+/// A name error in field `field` (`to`, `chan`, `s`).
+fn bad_target(seq: Option<u64>, field: &str, e: NameError) -> DecodeError {
+    DecodeError::new(seq, ErrorCode::BadTarget, format!("`{field}`: {e}"))
 }
 
 #[derive(Deserialize)]
@@ -161,22 +300,22 @@ fn decode_client_object(obj: &str, limits: &Limits) -> Decoded {
     let (t, seq) = probe(obj)?;
     match t.as_str() {
         "hello" => {
-            let h: Hello = parse(obj, "hello", seq)?;
+            let h: Hello = parse(obj, "hello", seq, HELLO_FIELDS)?;
             if let Some(d) = &h.device {
-                validate_name("device", d)
+                validate_name("`device`", d)
                     .map_err(|e| DecodeError::new(None, ErrorCode::BadFrame, e.to_string()))?;
             }
             if let Some(u) = &h.uid {
-                validate_name("uid", u)
+                validate_name("`uid`", u)
                     .map_err(|e| DecodeError::new(None, ErrorCode::BadFrame, e.to_string()))?;
             }
             Ok(ClientFrame::Hello(h))
         }
         "pub" => {
-            let p: PubIn = parse(obj, "pub", seq)?;
+            let p: PubIn = parse(obj, "pub", seq, PUB_FIELDS)?;
             let seq = Some(p.seq);
             check_seq(p.seq)?;
-            let to = Target::parse(&p.to).map_err(|e| bad_target(seq, e))?;
+            let to = Target::parse(&p.to).map_err(|e| bad_target(seq, "to", e))?;
             let body = p.body.ok_or_else(|| {
                 DecodeError::new(
                     seq,
@@ -190,7 +329,7 @@ fn decode_client_object(obj: &str, limits: &Limits) -> Decoded {
                     seq,
                     ErrorCode::TooLarge,
                     format!(
-                        "body is {len} bytes; limits.max_body_bytes is {}",
+                        "`body` is {len} bytes; the limit is {} (limits.max_body_bytes)",
                         limits.max_body_bytes
                     ),
                 ));
@@ -213,20 +352,20 @@ fn decode_client_object(obj: &str, limits: &Limits) -> Decoded {
             }))
         }
         "sub" => {
-            let s: Sub = parse(obj, "sub", seq)?;
+            let s: Sub = parse(obj, "sub", seq, SUB_FIELDS)?;
             check_seq(s.seq)?;
-            validate_name("channel", &s.chan).map_err(|e| bad_target(Some(s.seq), e))?;
+            validate_name("channel", &s.chan).map_err(|e| bad_target(Some(s.seq), "chan", e))?;
             Ok(ClientFrame::Sub(s))
         }
         "unsub" => {
-            let u: Unsub = parse(obj, "unsub", seq)?;
+            let u: Unsub = parse(obj, "unsub", seq, UNSUB_FIELDS)?;
             check_seq(u.seq)?;
-            validate_name("channel", &u.chan).map_err(|e| bad_target(Some(u.seq), e))?;
+            validate_name("channel", &u.chan).map_err(|e| bad_target(Some(u.seq), "chan", e))?;
             Ok(ClientFrame::Unsub(u))
         }
         "ack" => {
-            let a: Ack = parse(obj, "ack", seq)?;
-            ClientStream::parse(&a.s).map_err(|e| bad_target(None, e))?;
+            let a: Ack = parse(obj, "ack", seq, ACK_FIELDS)?;
+            ClientStream::parse(&a.s).map_err(|e| bad_target(None, "s", e))?;
             Ok(ClientFrame::Ack(a))
         }
         "ping" => Ok(ClientFrame::Ping),
@@ -236,7 +375,7 @@ fn decode_client_object(obj: &str, limits: &Limits) -> Decoded {
             seq,
             ErrorCode::UnknownType,
             format!(
-                "unknown frame type {:?}; expected one of {CLIENT_TYPES}",
+                "`t` is {:?}, not a client frame type; expected one of {CLIENT_TYPES}",
                 other.chars().take(64).collect::<String>()
             ),
         )),
@@ -246,12 +385,12 @@ fn decode_client_object(obj: &str, limits: &Limits) -> Decoded {
 fn decode_server_object(obj: &str) -> Result<ServerFrame, DecodeError> {
     let (t, seq) = probe(obj)?;
     Ok(match t.as_str() {
-        "welcome" => ServerFrame::Welcome(Box::new(parse(obj, "welcome", seq)?)),
-        "ok" => ServerFrame::Ok(parse(obj, "ok", seq)?),
-        "err" => ServerFrame::Err(parse(obj, "err", seq)?),
-        "msg" => ServerFrame::Msg(parse(obj, "msg", seq)?),
-        "gap" => ServerFrame::Gap(parse(obj, "gap", seq)?),
-        "evicted" => ServerFrame::Evicted(parse(obj, "evicted", seq)?),
+        "welcome" => ServerFrame::Welcome(Box::new(parse(obj, "welcome", seq, &[])?)),
+        "ok" => ServerFrame::Ok(parse(obj, "ok", seq, &[])?),
+        "err" => ServerFrame::Err(parse(obj, "err", seq, &[])?),
+        "msg" => ServerFrame::Msg(parse(obj, "msg", seq, &[])?),
+        "gap" => ServerFrame::Gap(parse(obj, "gap", seq, &[])?),
+        "evicted" => ServerFrame::Evicted(parse(obj, "evicted", seq, &[])?),
         "ping" => ServerFrame::Ping,
         "pong" => ServerFrame::Pong,
         other => {
@@ -315,7 +454,8 @@ mod tests {
     fn errors_are_specific_and_carry_seq() {
         let e = one(r#"{"t":1}"#).unwrap_err();
         assert!(
-            e.msg.starts_with("bad frame: invalid type: integer"),
+            e.msg
+                .starts_with("`t` must be a string naming the frame type"),
             "{}",
             e.msg
         );
@@ -336,6 +476,158 @@ mod tests {
         assert_eq!(e.code, ErrorCode::BadFrame);
         let e = one(r#"{"t":"sub","seq":1,"chan":"a b"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadTarget);
+    }
+
+    /// Every rejection names the field at fault (in backticks) and the rule it broke.
+    #[test]
+    fn errors_name_the_field_and_the_rule() {
+        let cases: &[(&str, ErrorCode, &str)] = &[
+            (
+                r#"{"t":"pub","seq":"1","to":"chan:a","body":1}"#,
+                ErrorCode::BadFrame,
+                "bad `pub` frame: `seq` must be a non-negative integer, got the string \"1\"",
+            ),
+            (
+                r#"{"t":"pub","seq":-1,"to":"chan:a","body":1}"#,
+                ErrorCode::BadFrame,
+                "bad `pub` frame: `seq` must be a non-negative integer, got -1",
+            ),
+            (
+                r#"{"t":"pub","seq":1,"to":5,"body":1}"#,
+                ErrorCode::BadFrame,
+                "bad `pub` frame: `to` must be a string, got 5",
+            ),
+            (
+                r#"{"t":"pub","seq":1,"to":"chan:a","body":1,"receipt":"yes"}"#,
+                ErrorCode::BadFrame,
+                "bad `pub` frame: `receipt` must be true or false",
+            ),
+            (
+                r#"{"t":"pub","seq":1,"to":"chan:a","body":1,"id":7}"#,
+                ErrorCode::BadFrame,
+                "bad `pub` frame: `id` must be a string, got 7",
+            ),
+            (
+                r#"{"t":"pub","seq":1,"to":"chan:a"}"#,
+                ErrorCode::BadFrame,
+                "bad `pub` frame: missing field `body`",
+            ),
+            (
+                r#"{"t":"pub","seq":1,"body":1}"#,
+                ErrorCode::BadFrame,
+                "bad `pub` frame: missing field `to`",
+            ),
+            (
+                r#"{"t":"pub","seq":1,"to":"bob","body":1}"#,
+                ErrorCode::BadTarget,
+                "`to`: target \"bob\" must be",
+            ),
+            (
+                r#"{"t":"pub","seq":1,"to":"user:","body":1}"#,
+                ErrorCode::BadTarget,
+                "`to`: uid is empty",
+            ),
+            (
+                r#"{"t":"pub","seq":1,"to":"chan:a","body":1,"id":""}"#,
+                ErrorCode::BadFrame,
+                "`id` must be 1-256 bytes, got 0",
+            ),
+            (
+                r#"{"t":"pub","seq":0,"to":"chan:a","body":1}"#,
+                ErrorCode::BadFrame,
+                "`seq` must be at least 1, got 0",
+            ),
+            (
+                r#"{"t":"sub","seq":1}"#,
+                ErrorCode::BadFrame,
+                "bad `sub` frame: missing field `chan`",
+            ),
+            (
+                r#"{"t":"sub","seq":1,"chan":"a","from":"x"}"#,
+                ErrorCode::BadFrame,
+                "bad `sub` frame: `from` must be a non-negative integer",
+            ),
+            (
+                r#"{"t":"sub","seq":1,"chan":"a b"}"#,
+                ErrorCode::BadTarget,
+                "`chan`: channel contains ' '; names may contain only",
+            ),
+            (
+                r#"{"t":"unsub","seq":1,"chan":""}"#,
+                ErrorCode::BadTarget,
+                "`chan`: channel is empty",
+            ),
+            (
+                r#"{"t":"ack","s":"inbox"}"#,
+                ErrorCode::BadFrame,
+                "bad `ack` frame: missing field `o`",
+            ),
+            (
+                r#"{"t":"ack","s":"inbox","o":1.5}"#,
+                ErrorCode::BadFrame,
+                "bad `ack` frame: `o` must be a non-negative integer, got 1.5",
+            ),
+            (
+                r#"{"t":"ack","s":"user:bob","o":1}"#,
+                ErrorCode::BadTarget,
+                "`s`: stream \"user:bob\" must be \"inbox\" or \"chan:<name>\"",
+            ),
+            (
+                r#"{"t":"hello","v":"1"}"#,
+                ErrorCode::BadFrame,
+                "bad `hello` frame: `v` must be a non-negative integer",
+            ),
+            (
+                r#"{"t":"hello","v":1,"resume":"s1"}"#,
+                ErrorCode::BadFrame,
+                "bad `hello` frame: `resume` must be an object",
+            ),
+            (
+                r#"{"t":"hello","v":1,"resume":{"session":"s1"}}"#,
+                ErrorCode::BadFrame,
+                "bad `hello` frame: missing field `resume.key`",
+            ),
+            (
+                r#"{"t":"hello","v":1,"uid":"a b"}"#,
+                ErrorCode::BadFrame,
+                "`uid` contains ' '",
+            ),
+            (
+                r#"{"t":"hello","v":1,"uid":"a","device":""}"#,
+                ErrorCode::BadFrame,
+                "`device` is empty",
+            ),
+            (
+                r#"{"t":"hello","v":1,"token":1}"#,
+                ErrorCode::BadFrame,
+                "bad `hello` frame: `token` must be a string, got 1",
+            ),
+            (
+                r#"{"t":true}"#,
+                ErrorCode::BadFrame,
+                "`t` must be a string naming the frame type",
+            ),
+            (r#"{"seq":1}"#, ErrorCode::BadFrame, "missing field `t`"),
+            (
+                r#"{"t":"nope"}"#,
+                ErrorCode::UnknownType,
+                "`t` is \"nope\", not a client frame type",
+            ),
+            (
+                "",
+                ErrorCode::BadFrame,
+                "empty frame: a text frame holds one JSON object",
+            ),
+        ];
+        for (frame, code, msg) in cases {
+            let e = one(frame).unwrap_err();
+            assert_eq!(e.code, *code, "{frame}: {}", e.msg);
+            assert!(
+                e.msg.contains(msg),
+                "{frame}: {:?} does not contain {msg:?}",
+                e.msg
+            );
+        }
     }
 
     #[test]

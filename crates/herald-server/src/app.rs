@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::DefaultBodyLimit;
-use axum::middleware;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use herald_core::{Engine, Streams, SystemClock};
+use herald_protocol::ErrorCode;
 use herald_store::sqlite::{SqliteConfig, SqliteStore};
-use herald_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -21,6 +22,7 @@ use tracing::{info, warn};
 use crate::api;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::metrics::ServerMetrics;
 use crate::shutdown::{self, ShutdownSignal, Tracker};
 use crate::transport::ws;
 
@@ -35,6 +37,8 @@ pub(crate) struct App {
     pub(crate) auth: Authenticator,
     pub(crate) cfg: Config,
     pub(crate) registry: Registry,
+    /// Transport metrics (WebSocket bytes and closes, HTTP errors).
+    pub(crate) metrics: ServerMetrics,
     pub(crate) tracker: Tracker,
     pub(crate) shutdown: ShutdownSignal,
 }
@@ -62,7 +66,21 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            count_http_errors,
+        ))
         .with_state(app)
+}
+
+/// Counts HTTP error answers by code (`herald_http_errors_total`): [`api::ApiError`] tags its
+/// response with its [`ErrorCode`].
+async fn count_http_errors(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if let Some(code) = res.extensions().get::<ErrorCode>() {
+        app.metrics.http_error(code.as_str());
+    }
+    res
 }
 
 /// Runs the server until SIGINT/SIGTERM, then shuts down gracefully.
@@ -78,12 +96,15 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     store_cfg.max_db_bytes = (cfg.storage.max_db_bytes > 0).then_some(cfg.storage.max_db_bytes);
     let store = SqliteStore::open(store_cfg, streams.clone())
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
-    let engine = Engine::start(engine_cfg, store, streams, Arc::new(SystemClock))
+    let store = Arc::new(store);
+    let engine = Engine::start(engine_cfg, store.clone(), streams, Arc::new(SystemClock))
         .await
         .context("cannot load sessions from the store")?;
+    store.observe_commits(Arc::new(engine.metrics().store.clone()));
     let mut registry = Registry::default();
-    engine.metrics().register(&mut registry);
+    engine.register_metrics(&mut registry);
+    let metrics = ServerMetrics::default();
+    metrics.register(&mut registry);
     let auth = Authenticator::from_config(&cfg).context("invalid [auth] settings")?;
     info!("{}", auth.describe());
 
@@ -99,6 +120,7 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
         auth,
         cfg,
         registry,
+        metrics,
         tracker: Tracker::default(),
         shutdown: stop_rx.clone(),
     });

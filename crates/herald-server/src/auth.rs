@@ -48,11 +48,11 @@ const PEM_KEY: &str = "auth.public_key_pem";
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub(crate) enum AuthError {
     #[error(
-        "a token is required (hello.token); hello.uid without a token is accepted only by a \
+        "a token is required (`hello.token`); `hello.uid` without a token is accepted only by a \
          server in dev mode"
     )]
     TokenRequired,
-    #[error("hello has neither a token nor a uid; this dev-mode server accepts either")]
+    #[error("hello has neither `token` nor `uid`; this dev-mode server accepts either")]
     NoCredentials,
     #[error(
         "this server cannot verify tokens: it has neither auth.hs256_secret nor \
@@ -65,19 +65,19 @@ pub(crate) enum AuthError {
     WrongAlgorithm { got: String, accepted: String },
     #[error("token signature does not verify (signed with another key, or altered)")]
     BadSignature,
-    #[error("token has no exp claim; herald requires tokens to expire")]
+    #[error("token has no `exp` claim; herald requires tokens to expire")]
     MissingExp,
     #[error("token expired {ago} ago")]
     Expired { ago: String },
-    #[error("token is not valid yet (nbf is {wait} in the future)")]
+    #[error("token is not valid yet (`nbf` is {wait} in the future)")]
     NotYetValid { wait: String },
-    #[error("token sub {0}")]
+    #[error("token claim `sub` {0}")]
     BadSub(String),
-    #[error("token claim {claim} is invalid: {reason}")]
+    #[error("token claim `{claim}` is invalid: {reason}")]
     BadClaim { claim: &'static str, reason: String },
-    #[error("token is bound to device {token:?} but hello.device is {hello:?}")]
+    #[error("token is bound to device {token:?} (claim `device`) but `hello.device` is {hello:?}")]
     DeviceMismatch { token: String, hello: String },
-    #[error("hello.uid is not a valid uid: {0}")]
+    #[error("`hello.uid` is not a valid uid: {0}")]
     BadUid(NameError),
     /// The configured key cannot verify anything: a server-side problem.
     #[error("the server's token key is unusable: {0}")]
@@ -778,7 +778,7 @@ mod tests {
             .expect_err("bad");
         assert_eq!(
             e.to_string(),
-            "token sub is not a valid uid: uid contains ' '; names may contain only A-Z a-z 0-9 _ - . /"
+            "token claim `sub` is not a valid uid: uid contains ' '; names may contain only A-Z a-z 0-9 _ - . /"
         );
     }
 

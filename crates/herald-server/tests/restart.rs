@@ -434,3 +434,24 @@ async fn sigterm_closes_with_1001_exits_0_and_sessions_resume_without_loss() {
         assert!(c.w().acked_seq >= max_ok);
     }
 }
+
+/// A server that was down longer than a session's reconnect window must not expire the session
+/// for it: clients could not reconnect while it was down, so the window restarts at boot.
+#[tokio::test]
+async fn a_restart_gives_sessions_a_full_reconnect_window_from_boot() {
+    let mut s = Server::start(&[("SESSION__RECONNECT_TIMEOUT_MS", "1500")]);
+    let c = Client::connect(&s, "wendy", "w1").await;
+    let w = c.w().clone();
+    drop(c);
+    s.kill();
+    // Longer than the window: by wall clock alone the session would be expired.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    s.restart();
+    let c = Client::resume(&s, &w).await;
+    assert!(
+        c.w().resumed,
+        "resumed within the window counted from boot: {:?}",
+        c.w()
+    );
+    assert_eq!(c.w().session, w.session);
+}

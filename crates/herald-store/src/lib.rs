@@ -31,6 +31,17 @@ pub trait CommitListener: Send + Sync + 'static {
     fn committed(&self, messages: &[Arc<StoredMessage>]);
 }
 
+/// Observes every transaction of the store's writer (for metrics): how many operations it
+/// held and how long it took.
+///
+/// Called on the writer thread after each batch, committed or rolled back: implementations
+/// must be quick and never block (bump counters, observe a histogram).
+pub trait CommitObserver: Send + Sync + 'static {
+    /// `ops` operations ran in one transaction for `elapsed` (from `BEGIN` to the end of
+    /// `COMMIT`, or of the failed statement); `committed` is false when it was rolled back.
+    fn batch(&self, ops: usize, elapsed: std::time::Duration, committed: bool);
+}
+
 /// Durable storage for one herald node (or a cluster sharing a backend).
 ///
 /// Every write method resolves only after its effect is durable under the configured

@@ -20,7 +20,7 @@ mod writer;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -28,7 +28,7 @@ use rusqlite::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::*;
-use crate::{CommitListener, Store, StoreError};
+use crate::{CommitListener, CommitObserver, Store, StoreError};
 use read::ReaderPool;
 use writer::{Command, Done, Write};
 
@@ -104,6 +104,14 @@ struct Shared {
     counters: Counters,
     /// `Some(reason)` after a failed commit, until a later commit succeeds.
     failure: Mutex<Option<String>>,
+    /// Told about every batch, once set (see [`SqliteStore::observe_commits`]).
+    observer: OnceLock<Arc<dyn CommitObserver>>,
+}
+
+impl std::fmt::Debug for dyn CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
 }
 
 /// The SQLite implementation of [`Store`]. See the module docs for the threading model.
@@ -153,6 +161,12 @@ impl SqliteStore {
             shared,
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// Reports every later batch of the writer to `observer` (commit latency and batch size
+    /// metrics). Only the first observer set is kept; returns false if one was already set.
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.shared.observer.set(observer).is_ok()
     }
 
     /// A snapshot of the writer's counters.

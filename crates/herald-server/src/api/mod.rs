@@ -67,11 +67,14 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut res = (
             self.status,
             Json(json!({"error": {"code": self.code, "msg": self.msg}})),
         )
-            .into_response()
+            .into_response();
+        // For `herald_http_errors_total{code}` (counted in app.rs).
+        res.extensions_mut().insert(self.code);
+        res
     }
 }
 
@@ -110,12 +113,44 @@ fn parse_json<T: for<'de> Deserialize<'de>>(
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::BadFrame,
-                format!("content-type must be application/json, got {ct}"),
+                format!("the Content-Type header must be application/json (or absent), got {ct}"),
             ));
         }
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad(ErrorCode::BadFrame, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        let why = if e.is_data() {
+            explain_publish(body).unwrap_or_else(|| e.to_string())
+        } else {
+            e.to_string()
+        };
+        ApiError::bad(ErrorCode::BadFrame, format!("invalid JSON body: {why}"))
+    })
+}
+
+/// Names the field of a publish request that has the wrong type (serde's own message does
+/// not), e.g. "`to` must be a string, got 5".
+fn explain_publish(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let Some(map) = v.as_object() else {
+        return Some("the request must be a JSON object {\"to\":…,\"body\":…}".into());
+    };
+    for (name, required) in [("to", true), ("id", false), ("from", false)] {
+        match map.get(name) {
+            Some(serde_json::Value::String(_)) => {}
+            None | Some(serde_json::Value::Null) if !required => {}
+            None => return Some(format!("missing field `{name}`")),
+            Some(other) => {
+                let got = match other {
+                    serde_json::Value::Null => "null".to_string(),
+                    serde_json::Value::Array(_) => "an array".into(),
+                    serde_json::Value::Object(_) => "an object".into(),
+                    v => v.to_string(),
+                };
+                return Some(format!("`{name}` must be a string, got {got}"));
+            }
+        }
+    }
+    None
 }
 
 #[derive(Deserialize)]
@@ -136,16 +171,23 @@ pub(crate) async fn publish(
 ) -> ApiResult {
     // A body over the router's size limit is refused while reading it; answer in our shape.
     let raw = raw.map_err(|e| {
-        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorCode::TooLarge
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let limit = app.cfg.limits.max_body_bytes.saturating_add(64 * 1024);
+            ApiError::new(
+                e.status(),
+                ErrorCode::TooLarge,
+                format!(
+                    "request body is larger than {limit} bytes (limits.max_body_bytes + 64 KiB): {}",
+                    e.body_text()
+                ),
+            )
         } else {
-            ErrorCode::BadFrame
-        };
-        ApiError::new(e.status(), code, e.body_text())
+            ApiError::new(e.status(), ErrorCode::BadFrame, e.body_text())
+        }
     })?;
     let req: PublishReq = parse_json(&headers, &raw)?;
-    let to =
-        Target::parse(&req.to).map_err(|e| ApiError::bad(ErrorCode::BadTarget, e.to_string()))?;
+    let to = Target::parse(&req.to)
+        .map_err(|e| ApiError::bad(ErrorCode::BadTarget, format!("`to`: {e}")))?;
     let body = req
         .body
         .ok_or_else(|| ApiError::bad(ErrorCode::BadFrame, "missing field `body`"))?;
@@ -155,7 +197,7 @@ pub(crate) async fn publish(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::TooLarge,
             format!(
-                "body is {} bytes; limits.max_body_bytes is {max}",
+                "`body` is {} bytes; the limit is {max} (limits.max_body_bytes)",
                 body.get().len()
             ),
         ));
@@ -164,13 +206,17 @@ pub(crate) async fn publish(
         if id.is_empty() || id.len() > herald_protocol::decode::MAX_ID_LEN {
             return Err(ApiError::bad(
                 ErrorCode::BadFrame,
-                "`id` must be 1-256 bytes",
+                format!(
+                    "`id` must be 1-{} bytes, got {}",
+                    herald_protocol::decode::MAX_ID_LEN,
+                    id.len()
+                ),
             ));
         }
     }
     let from = match req.from {
         Some(f) => {
-            validate_name("from", &f)
+            validate_name("`from`", &f)
                 .map_err(|e| ApiError::bad(ErrorCode::BadFrame, e.to_string()))?;
             f
         }
@@ -204,7 +250,8 @@ pub(crate) async fn message(
 
 /// Accepts `chan:x`, `inbox:u` and `user:u` (the inbox of u).
 fn stream_key(s: &str) -> Result<String, ApiError> {
-    let bad = |e: herald_protocol::NameError| ApiError::bad(ErrorCode::BadTarget, e.to_string());
+    let bad =
+        |e: herald_protocol::NameError| ApiError::bad(ErrorCode::BadTarget, format!("`s`: {e}"));
     if let Some(u) = s.strip_prefix("inbox:").or_else(|| s.strip_prefix("user:")) {
         validate_name("uid", u).map_err(bad)?;
         Ok(herald_store::inbox_key(u))
@@ -214,7 +261,7 @@ fn stream_key(s: &str) -> Result<String, ApiError> {
     } else {
         Err(ApiError::bad(
             ErrorCode::BadTarget,
-            format!("stream {s:?} must be chan:<name>, inbox:<uid> or user:<uid>"),
+            format!("`s`: stream {s:?} must be chan:<name>, inbox:<uid> or user:<uid>"),
         ))
     }
 }
@@ -236,7 +283,7 @@ fn limit(q: &HashMap<String, String>) -> Result<usize, ApiError> {
     if l == 0 || l > MAX_LIMIT {
         return Err(ApiError::bad(
             ErrorCode::BadFrame,
-            format!("`limit` must be 1-{MAX_LIMIT}"),
+            format!("`limit` must be 1-{MAX_LIMIT}, got {l}"),
         ));
     }
     Ok(l)

@@ -3,7 +3,7 @@
 //!
 //! One task reads (and owns the engine side), one task writes, connected by a bounded queue
 //! (`limits.send_queue_frames`). A client that stops reading fills the queue; the reader then
-//! waits at most the heartbeat grace before declaring the connection dead, so a stalled peer
+//! waits at most `heartbeat_ms` + `heartbeat_grace_ms` before declaring the connection dead, so a stalled peer
 //! never holds a task forever. Frames queued for writing are batched into one WebSocket frame
 //! (newline-separated) up to `limits.max_frame_bytes`.
 
@@ -16,13 +16,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use herald_core::{Attached, Output, Peer};
+use herald_core::{Attached, OpenError, Output, Peer};
 use herald_protocol::{close, decode_frame, ClientFrame, ErrorCode, Limits, ServerFrame};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::app::App;
+use crate::metrics::ServerMetrics;
 
 /// How long the writer gets to flush the last frames and the close frame.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
@@ -48,7 +49,7 @@ pub(crate) async fn upgrade(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             format!(
-                "server is at server.max_connections ({})",
+                "server is at server.max_connections = {}; retry later",
                 app.cfg.server.max_connections
             ),
         )
@@ -74,12 +75,13 @@ async fn serve(socket: WebSocket, app: Arc<App>, addr: SocketAddr) {
         sink,
         rx,
         app.cfg.limits.max_frame_bytes as usize,
+        app.metrics.clone(),
     ));
     let peer = Peer {
         addr: addr.to_string(),
     };
     let input_abandoned = match handshake(&app, &mut stream, &tx, peer).await {
-        Ok((attached, rest)) => run(&app, attached, rest, &mut stream, &tx).await,
+        Ok((attached, rest)) => run(&app, attached, rest, &mut stream, &tx, addr).await,
         Err(abandoned) => abandoned,
     };
     drop(tx);
@@ -138,6 +140,7 @@ async fn handshake(
         Err(_) => {
             info!(addr = %peer.addr, "no hello in time; closing");
             fail(
+                app,
                 tx,
                 None,
                 close::HELLO_TIMEOUT,
@@ -152,20 +155,28 @@ async fn handshake(
         Ok(Some(Err(e))) if is_too_large(&e.to_string()) => {
             let limit = app.cfg.limits.max_frame_bytes;
             fail(
+                app,
                 tx,
                 Some(ErrorCode::TooLarge),
                 close::FRAME_TOO_LARGE,
-                format!("frame larger than limits.max_frame_bytes ({limit})"),
+                format!("frame is larger than limits.max_frame_bytes = {limit} bytes"),
             )
             .await;
             // The rest of the oversized frame is unread: hold the socket, don't read it.
             return Err(true);
         }
         Ok(None) | Ok(Some(Err(_))) => return Err(false),
-        Ok(Some(Ok(Message::Text(t)))) => t,
+        Ok(Some(Ok(Message::Text(t)))) => {
+            app.metrics.ws_received_bytes.inc_by(t.len() as u64);
+            t
+        }
         Ok(Some(Ok(Message::Close(_)))) => return Err(false),
-        Ok(Some(Ok(_))) => {
+        Ok(Some(Ok(m))) => {
+            if let Message::Binary(b) = &m {
+                app.metrics.ws_received_bytes.inc_by(b.len() as u64);
+            }
             fail(
+                app,
                 tx,
                 Some(ErrorCode::BadFrame),
                 close::PROTOCOL_ERROR,
@@ -183,6 +194,7 @@ async fn handshake(
         Some(Ok(ClientFrame::Hello(h))) => h,
         Some(Err(e)) => {
             fail(
+                app,
                 tx,
                 Some(e.code),
                 close::PROTOCOL_ERROR,
@@ -193,10 +205,11 @@ async fn handshake(
         }
         _ => {
             fail(
+                app,
                 tx,
                 Some(ErrorCode::BadFrame),
                 close::PROTOCOL_ERROR,
-                "the first frame must be hello".into(),
+                "`t`: the first frame must be a hello ({\"t\":\"hello\",\"v\":1,…})".into(),
             )
             .await;
             return Err(false);
@@ -204,11 +217,12 @@ async fn handshake(
     };
     if hello.v != herald_protocol::PROTOCOL_VERSION {
         fail(
+            app,
             tx,
             Some(ErrorCode::BadFrame),
             close::PROTOCOL_ERROR,
             format!(
-                "protocol version {} is not supported; this server speaks v1",
+                "`v`: protocol version {} is not supported; this server speaks v1",
                 hello.v
             ),
         )
@@ -218,8 +232,10 @@ async fn handshake(
     let identity = match app.auth.authenticate(&hello) {
         Ok(i) => i,
         Err(e) => {
-            warn!(addr = %peer.addr, err = %e, "authentication failed");
+            warn!(event = "auth_failed", addr = %peer.addr, uid = hello.uid.as_deref().unwrap_or(""),
+                device = hello.device.as_deref().unwrap_or(""), reason = %e, "authentication failed");
             fail(
+                app,
                 tx,
                 Some(ErrorCode::Unauthorized),
                 close::AUTH_FAILED,
@@ -233,7 +249,18 @@ async fn handshake(
     let attached = match app.engine.open(&hello, identity, peer).await {
         Ok(a) => a,
         Err(e) => {
-            warn!(addr = %addr, err = %e, "connection refused");
+            // Refusals the engine decided (identity, evicted resume) were logged there.
+            if matches!(e, OpenError::Store(_) | OpenError::ShuttingDown) {
+                warn!(addr = %addr, err = %e, "connection refused");
+            }
+            let code = match &e {
+                OpenError::IdentityInUse { .. } => Some(ErrorCode::IdentityInUse),
+                OpenError::Store(_) => Some(ErrorCode::Unavailable),
+                OpenError::Evicted(_) | OpenError::ShuttingDown => None,
+            };
+            if let Some(code) = code {
+                app.engine.metrics().error(code.as_str());
+            }
             let (frames, code, reason) = e.answer();
             let _ = tx.send(Out::Frames(frames)).await;
             let _ = tx.send(Out::Close(code, reason.into())).await;
@@ -269,8 +296,15 @@ async fn handshake(
     Ok((attached, rest))
 }
 
-async fn fail(tx: &mpsc::Sender<Out>, code: Option<ErrorCode>, close_code: u16, msg: String) {
+async fn fail(
+    app: &App,
+    tx: &mpsc::Sender<Out>,
+    code: Option<ErrorCode>,
+    close_code: u16,
+    msg: String,
+) {
     if let Some(code) = code {
+        app.engine.metrics().error(code.as_str());
         let _ = tx
             .send(Out::Frames(vec![
                 ServerFrame::err(None, code, msg.clone()).encode()
@@ -288,14 +322,16 @@ async fn run(
     first: Vec<ClientFrame>,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     tx: &mpsc::Sender<Out>,
+    addr: SocketAddr,
 ) -> bool {
     let heartbeat = Duration::from_millis(app.cfg.session.heartbeat_ms);
     let dead_after = heartbeat + Duration::from_millis(app.cfg.session.heartbeat_grace_ms);
     let limits = Limits {
         max_body_bytes: app.cfg.limits.max_body_bytes as usize,
     };
-    let (uid, session, conn) = (
+    let (uid, device, session, conn) = (
         attached.uid().to_string(),
+        attached.device().to_string(),
         attached.session_id().to_string(),
         attached.conn_id().to_string(),
     );
@@ -317,6 +353,7 @@ async fn run(
                 last_rx = Instant::now();
                 match incoming {
                     Some(Ok(Message::Text(t))) => {
+                        app.metrics.ws_received_bytes.inc_by(t.len() as u64);
                         for f in decode_frame(t.as_str(), &limits) {
                             let out = match f {
                                 Ok(f) => attached.handle(f).await,
@@ -328,7 +365,8 @@ async fn run(
                             }
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Some(Ok(Message::Binary(b))) => {
+                        app.metrics.ws_received_bytes.inc_by(b.len() as u64);
                         let e = herald_protocol::DecodeError {
                             seq: None,
                             code: ErrorCode::BadFrame,
@@ -346,9 +384,10 @@ async fn run(
                         let msg = e.to_string();
                         if is_too_large(&msg) {
                             let reason = format!(
-                                "frame larger than limits.max_frame_bytes ({})",
+                                "frame is larger than limits.max_frame_bytes = {} bytes",
                                 app.cfg.limits.max_frame_bytes
                             );
+                            app.engine.metrics().error(ErrorCode::TooLarge.as_str());
                             let _ = tx.send(Out::Frames(vec![ServerFrame::err(None, ErrorCode::TooLarge, reason.clone()).encode()])).await;
                             let _ = tx.send(Out::Close(close::FRAME_TOO_LARGE, reason.clone())).await;
                             close = Some((close::FRAME_TOO_LARGE, reason));
@@ -380,7 +419,8 @@ async fn run(
         }
     }
     let (code, reason) = close.unwrap_or((1000, String::new()));
-    info!(uid = %uid, session = %session, conn = %conn, code, reason = %reason, "disconnected");
+    info!(event = "disconnect", uid = %uid, device = %device, session = %session, conn = %conn,
+        addr = %addr, code, reason = %reason, "disconnected");
     drop(attached);
     abandoned
 }
@@ -416,6 +456,7 @@ async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Out>,
     max_frame: usize,
+    metrics: ServerMetrics,
 ) {
     let mut backlog: VecDeque<String> = VecDeque::new();
     let mut close: Option<(u16, String)> = None;
@@ -446,6 +487,7 @@ async fn write_loop(
                 text.push_str(f);
                 backlog.pop_front();
             }
+            metrics.ws_sent_bytes.inc_by(text.len() as u64);
             if sink
                 .send(Message::Text(Utf8Bytes::from(text)))
                 .await
@@ -456,6 +498,7 @@ async fn write_loop(
             continue;
         }
         if let Some((code, reason)) = close.take() {
+            metrics.closed(code);
             let reason: String = reason.chars().take(120).collect();
             let _ = sink
                 .send(Message::Close(Some(CloseFrame {

@@ -19,6 +19,17 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Default wait for an expected frame.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Optional ways to start a server; the default changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Write the server's stderr (its logs) to this file instead of inheriting it.
+    pub stderr_to: Option<PathBuf>,
+    /// `RUST_LOG` for the server (default: `HERALD_TEST_LOG`, else `warn`).
+    pub rust_log: Option<String>,
+    /// Extra `herald serve` arguments, e.g. `["--log-format", "json"]`.
+    pub args: Vec<String>,
+}
+
 /// A running server process.
 pub struct Server {
     pub child: Child,
@@ -40,22 +51,42 @@ impl Server {
 
     /// Starts a server on an existing data dir (for restarts).
     pub fn start_in(dir: &Path, env: &[(&str, &str)], dev: bool) -> Server {
+        Server::start_with(dir, env, dev, &Options::default())
+    }
+
+    /// Starts a dev-mode server in a fresh temp dir with extra [`Options`] (log capture…).
+    pub fn start_opts(env: &[(&str, &str)], opts: &Options) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Server::start_with(&dir, env, true, opts);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// [`Server::start_in`] with [`Options`]; `Options::default()` is exactly `start_in`.
+    pub fn start_with(dir: &Path, env: &[(&str, &str)], dev: bool, opts: &Options) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (format!("HERALD_{k}"), v.to_string()))
             .collect();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let rust_log = opts
+            .rust_log
+            .clone()
+            .unwrap_or_else(|| std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+        let stderr = match &opts.stderr_to {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create stderr file")),
+            None => Stdio::inherit(),
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .args(&opts.args)
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         // Fast durability keeps the suite quick; the crash test sets fsync itself.
         cmd.env("HERALD_STORAGE__DURABILITY", "os");
         if dev {
@@ -253,6 +284,10 @@ pub struct Client {
     pub welcome: Option<Welcome>,
     /// WebSocket text frames received so far (one may hold several newline-separated objects).
     pub text_frames: u64,
+    /// Payload bytes of the text frames received so far.
+    pub received_bytes: u64,
+    /// Payload bytes of the text and binary frames sent so far.
+    pub sent_bytes: u64,
 }
 
 impl Client {
@@ -267,6 +302,8 @@ impl Client {
             seq: 0,
             welcome: None,
             text_frames: 0,
+            received_bytes: 0,
+            sent_bytes: 0,
         }
     }
 
@@ -307,6 +344,7 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, t: String) {
+        self.sent_bytes += t.len() as u64;
         self.ws
             .send(Message::Text(t.into()))
             .await
@@ -315,6 +353,11 @@ impl Client {
 
     /// Sends any WebSocket message (e.g. a binary frame).
     pub async fn send_message(&mut self, m: Message) {
+        if let Message::Text(t) = &m {
+            self.sent_bytes += t.len() as u64;
+        } else if let Message::Binary(b) = &m {
+            self.sent_bytes += b.len() as u64;
+        }
         self.ws.send(m).await.expect("ws send");
     }
 
@@ -395,6 +438,7 @@ impl Client {
             match m {
                 Some(Ok(Message::Text(t))) => {
                     self.text_frames += 1;
+                    self.received_bytes += t.len() as u64;
                     for f in decode_server_frame(t.as_str()) {
                         self.queue
                             .push_back(Event::Frame(f.expect("server frame decodes")));
@@ -592,10 +636,9 @@ impl Client {
 
     /// Sends without panicking; false if the connection is gone.
     pub async fn try_send(&mut self, v: Value) -> bool {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .is_ok()
+        let t = v.to_string();
+        self.sent_bytes += t.len() as u64;
+        self.ws.send(Message::Text(t.into())).await.is_ok()
     }
 
     /// Sends a ping and waits for the pong: every frame sent before it has been handled.

@@ -177,7 +177,8 @@ impl Writer {
         let mut effects = BatchEffects::default();
         match self.execute(writes, &mut effects) {
             Ok(answers) => {
-                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let elapsed = started.elapsed();
+                let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
                 let ok = answers.iter().filter(|a| a.is_ok()).count() as u64;
                 counters.commits.fetch_add(1, Ordering::Relaxed);
                 counters.ops_committed.fetch_add(ok, Ordering::Relaxed);
@@ -185,6 +186,9 @@ impl Writer {
                     .messages_appended
                     .fetch_add(effects.stored.len() as u64, Ordering::Relaxed);
                 counters.commit_time_us.fetch_add(micros, Ordering::Relaxed);
+                if let Some(o) = shared.observer.get() {
+                    o.batch(replies.len(), elapsed, true);
+                }
                 self.set_failure(None);
                 if !effects.stored.is_empty() {
                     self.notify(&effects.stored);
@@ -195,7 +199,11 @@ impl Writer {
                 }
             }
             Err(e) => {
+                let elapsed = started.elapsed();
                 self.roll_back();
+                if let Some(o) = shared.observer.get() {
+                    o.batch(replies.len(), elapsed, false);
+                }
                 for stream in &effects.touched {
                     self.offsets.remove(stream);
                 }

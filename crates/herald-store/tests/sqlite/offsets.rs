@@ -222,3 +222,56 @@ async fn append_eager_queues_at_call_time_in_call_order() {
     let offset = tokio::spawn(detached).await.unwrap().unwrap();
     assert_eq!(stored(offset).offset, 3);
 }
+
+/// Records what the writer reports per transaction.
+#[derive(Default)]
+struct Observed {
+    batches: std::sync::Mutex<Vec<(usize, bool)>>,
+}
+
+impl CommitObserver for Observed {
+    fn batch(&self, ops: usize, _elapsed: std::time::Duration, committed: bool) {
+        self.batches.lock().unwrap().push((ops, committed));
+    }
+}
+
+#[tokio::test]
+async fn the_commit_observer_sees_every_batch_with_its_size() {
+    let dir = TempDir::new().unwrap();
+    let (store, recorder) = open(dir.path());
+    let observed = Arc::new(Observed::default());
+    assert!(store.observe_commits(observed.clone()));
+    assert!(
+        !store.observe_commits(Arc::new(Observed::default())),
+        "set once"
+    );
+
+    store.append(msg("chan:a", "u", 1)).await.unwrap();
+    // Three commands queued while the writer is parked share one batch.
+    let release = recorder.arm();
+    let first = store.append(msg("chan:a", "u", 2));
+    tokio::pin!(first);
+    poll_once(first.as_mut()).await;
+    recorder.parked().await;
+    let a = store.append(msg("chan:a", "u", 3));
+    let b = store.append(msg("chan:b", "u", 4));
+    let c = store.barrier();
+    tokio::pin!(a, b, c);
+    poll_once(a.as_mut()).await;
+    poll_once(b.as_mut()).await;
+    poll_once(c.as_mut()).await;
+    release.send(()).unwrap();
+    first.await.unwrap();
+    a.await.unwrap();
+    b.await.unwrap();
+    c.await.unwrap();
+
+    let batches = observed.batches.lock().unwrap().clone();
+    assert_eq!(batches, [(1, true), (1, true), (3, true)]);
+    let stats = store.stats();
+    assert_eq!(stats.commits, batches.len() as u64);
+    assert_eq!(
+        stats.ops_committed,
+        batches.iter().map(|b| b.0 as u64).sum::<u64>()
+    );
+}

@@ -498,6 +498,7 @@ impl Attached {
             let mut g = self.session.lock();
             if g.generation == self.generation {
                 g.subs.remove(chan);
+                g.sub_start.remove(chan);
             }
         }
     }
@@ -682,6 +683,7 @@ impl Attached {
                 return;
             }
             g.subs.insert(s.chan.clone(), at);
+            g.sub_start.insert(s.chan.clone(), at);
             g.submitted_seq = g.submitted_seq.max(seq);
             g.pending += 1;
         }

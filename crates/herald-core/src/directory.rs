@@ -125,6 +125,7 @@ impl Directory {
             s.id.clone(),
             Tombstone {
                 uid: s.uid.clone(),
+                device: s.device.clone(),
                 key: s.key.clone(),
                 reason: reason.to_string(),
                 by_conn: by,
@@ -140,6 +141,22 @@ impl Directory {
                 .tombstones
                 .retain(|_, t| now_ms.saturating_sub(t.at_ms) < keep_ms);
         }
+    }
+
+    /// The most recently closed session of each device of `uid` (for traces). Scans the
+    /// tombstones: an operator query, not a hot path.
+    pub(crate) fn last_closed(&self, uid: &str) -> HashMap<String, (String, Tombstone)> {
+        let m = self.maps();
+        let mut out: HashMap<String, (String, Tombstone)> = HashMap::new();
+        for (id, t) in m.tombstones.iter().filter(|(_, t)| t.uid == uid) {
+            let newer = out
+                .get(&t.device)
+                .is_none_or(|(_, known)| known.at_ms <= t.at_ms);
+            if newer {
+                out.insert(t.device.clone(), (id.clone(), t.clone()));
+            }
+        }
+        out
     }
 
     pub(crate) fn tombstone_count(&self) -> usize {

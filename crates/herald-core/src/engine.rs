@@ -16,8 +16,8 @@ use herald_protocol::{
     Body, ErrorCode, EvictReason, Evicted, EvictedBy, Hello, ResumeError, ServerFrame, Target,
 };
 use herald_store::{
-    chan_key, inbox_key, AppendOutcome, DeliveryState, Event, NewEvent, NewMessage, SessionRecord,
-    SessionState, Store, StoreError, StoredMessage,
+    chan_key, inbox_key, AppendOutcome, Event, NewEvent, NewMessage, SessionRecord, SessionState,
+    Store, StoreError, StoredMessage,
 };
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -34,6 +34,7 @@ use crate::ids;
 use crate::metrics::{Metrics, SessionGauges};
 use crate::session::{ConnSlot, Control, SessionShared, Tombstone};
 use crate::streams::{client_name, Streams};
+pub use crate::trace::{RecipientState, RecipientView, Trace, TracePage};
 
 /// How long a resume waits for the replaced connection's in-flight requests to finish.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -126,15 +127,6 @@ pub struct SessionInfo {
     pub subs: BTreeMap<String, u64>,
 }
 
-/// A message and what became of it, per recipient.
-#[derive(Debug, Clone, Serialize)]
-pub struct Trace {
-    pub message: MessageView,
-    /// Counts by state (`pending`, `sent`, `acked`).
-    pub summary: BTreeMap<&'static str, u64>,
-    pub recipients: Vec<RecipientView>,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageView {
     pub id: String,
@@ -144,6 +136,10 @@ pub struct MessageView {
     pub ts: u64,
     pub body: Body,
     pub receipt: bool,
+    /// When retention removed the message (a trace of a trimmed inbox message; its body is
+    /// gone and shows as `null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trimmed_ms: Option<u64>,
 }
 
 impl MessageView {
@@ -156,19 +152,9 @@ impl MessageView {
             ts: m.ts,
             body: m.body.clone(),
             receipt: m.receipt,
+            trimmed_ms: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RecipientView {
-    pub uid: String,
-    pub device: String,
-    pub session: Option<String>,
-    pub state: DeliveryState,
-    pub sent_ms: Option<u64>,
-    pub attempts: u32,
-    pub acked_ms: Option<u64>,
 }
 
 pub(crate) struct EngineInner {
@@ -236,6 +222,7 @@ impl Engine {
                     rec.id.clone(),
                     Tombstone {
                         uid: rec.uid.clone(),
+                        device: rec.device.clone(),
                         key: rec.key.clone(),
                         reason: rec
                             .closed_reason
@@ -551,6 +538,7 @@ impl Engine {
             closed_reason: None,
             closed_by: None,
             subs: BTreeMap::new(),
+            sub_start: BTreeMap::new(),
         };
         self.inner.store.put_session(rec.clone()).await?;
         let s = Arc::new(SessionShared::from_record(&rec));
@@ -940,77 +928,6 @@ impl Engine {
             );
         }
         done
-    }
-
-    /// A message by id and what became of it per recipient device (inbox messages) or per
-    /// subscribed session (channel messages).
-    pub async fn trace(&self, msg_id: &str) -> Result<Option<Trace>, StoreError> {
-        let Some(m) = self.inner.store.message(msg_id).await? else {
-            return Ok(None);
-        };
-        let mut recipients = Vec::new();
-        if let Some(uid) = m.stream.strip_prefix("inbox:") {
-            let rows = self.inner.store.deliveries(msg_id).await?;
-            for d in self.inner.store.devices(uid).await? {
-                let row = rows.iter().find(|r| r.device == d.device);
-                let state = if d.offset >= m.offset {
-                    DeliveryState::Acked
-                } else if row.is_some() {
-                    DeliveryState::Sent
-                } else {
-                    DeliveryState::Pending
-                };
-                recipients.push(RecipientView {
-                    uid: uid.to_string(),
-                    device: d.device.clone(),
-                    session: row.map(|r| r.session.clone()),
-                    state,
-                    sent_ms: row.map(|r| r.first_sent_ms),
-                    attempts: row.map_or(0, |r| r.attempts),
-                    acked_ms: row
-                        .and_then(|r| r.acked_ms)
-                        .or((state == DeliveryState::Acked).then_some(d.updated_ms)),
-                });
-            }
-        } else if let Some(chan) = m.stream.strip_prefix("chan:") {
-            for s in self.directory().all() {
-                let g = s.lock();
-                let Some(&acked) = g.subs.get(chan) else {
-                    continue;
-                };
-                let sent = g.sent_high.get(&m.stream).copied().unwrap_or(0);
-                let state = if acked >= m.offset {
-                    DeliveryState::Acked
-                } else if sent >= m.offset {
-                    DeliveryState::Sent
-                } else {
-                    DeliveryState::Pending
-                };
-                recipients.push(RecipientView {
-                    uid: s.uid.clone(),
-                    device: s.device.clone(),
-                    session: Some(s.id.clone()),
-                    state,
-                    sent_ms: None,
-                    attempts: 0,
-                    acked_ms: None,
-                });
-            }
-        }
-        let mut summary = BTreeMap::from([("pending", 0), ("sent", 0), ("acked", 0)]);
-        for r in &recipients {
-            let k = match r.state {
-                DeliveryState::Pending => "pending",
-                DeliveryState::Sent => "sent",
-                DeliveryState::Acked => "acked",
-            };
-            *summary.entry(k).or_default() += 1;
-        }
-        Ok(Some(Trace {
-            message: MessageView::of(&m),
-            summary,
-            recipients,
-        }))
     }
 
     /// Periodic upkeep: expire sessions past their reconnect window, persist moved channel

@@ -15,13 +15,17 @@ pub mod ids;
 pub mod metrics;
 pub mod session;
 pub mod streams;
+mod trace;
 pub mod webhooks;
 
 pub use auth::{ChannelGrants, Identity};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{EngineConfig, IdentityPolicy, NewDeviceStart};
 pub use conn::{Attached, Output};
-pub use engine::{Engine, OpenError, Peer, PublishError, Published, SessionInfo, Trace};
+pub use engine::{
+    Engine, OpenError, Peer, PublishError, Published, RecipientState, RecipientView, SessionInfo,
+    Trace, TracePage,
+};
 pub use metrics::Metrics;
 pub use session::Control;
 pub use streams::Streams;

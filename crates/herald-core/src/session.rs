@@ -54,6 +54,9 @@ pub(crate) struct SessionInner {
     pub(crate) pending: usize,
     /// Channel → acknowledged offset.
     pub(crate) subs: BTreeMap<String, u64>,
+    /// Channel → the offset its subscription started after (for traces: earlier messages
+    /// were never meant for this session).
+    pub(crate) sub_start: BTreeMap<String, u64>,
     pub(crate) conn: Option<ConnSlot>,
     /// Bumped at every attach; a connection whose generation is stale owns nothing.
     pub(crate) generation: u64,
@@ -85,6 +88,7 @@ impl SessionShared {
                 submitted_seq: r.acked_seq,
                 pending: 0,
                 subs: r.subs.clone(),
+                sub_start: r.sub_start.clone(),
                 conn: None,
                 generation: 0,
                 answers: VecDeque::new(),
@@ -116,6 +120,7 @@ impl SessionShared {
             closed_reason: g.closed_reason.clone(),
             closed_by: g.closed_by.clone(),
             subs: g.subs.clone(),
+            sub_start: g.sub_start.clone(),
         }
     }
 
@@ -155,6 +160,7 @@ impl SessionShared {
 #[derive(Debug, Clone)]
 pub(crate) struct Tombstone {
     pub(crate) uid: String,
+    pub(crate) device: String,
     pub(crate) key: String,
     /// `expired`, `bye`, or an eviction reason.
     pub(crate) reason: String,

@@ -1,10 +1,13 @@
 //! The `herald` binary: `herald serve` runs the server; `herald config defaults` prints the
-//! default configuration. `anyhow` stops here: everything below returns typed errors.
+//! default configuration; `herald trace|messages|sessions|kick|events` are operator commands
+//! against a running server ([`cmd`]). `anyhow` stops here: everything below returns typed
+//! errors.
 
 mod api;
 mod app;
 mod auth;
 mod cli;
+mod cmd;
 mod config;
 mod metrics;
 mod shutdown;
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
             print!("{}", config::defaults_toml());
             ExitCode::SUCCESS
         }
+        Command::Client(cmd) => cmd::run(cmd),
         Command::Serve(args) => {
             let cfg = match config::load(&args) {
                 Ok(cfg) => cfg,

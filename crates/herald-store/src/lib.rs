@@ -74,6 +74,13 @@ pub trait Store: Send + Sync + 'static {
     /// One message by id, if still retained.
     async fn message(&self, id: &str) -> Result<Option<Arc<StoredMessage>>, StoreError>;
 
+    /// What is left of message `id` if retention removed it (inbox messages only, kept for
+    /// `retention.tombstone_ms`). Backends that keep nothing answer `None`.
+    async fn trimmed_message(&self, id: &str) -> Result<Option<TrimmedMessage>, StoreError> {
+        let _ = id;
+        Ok(None)
+    }
+
     /// Messages matching `q`, oldest first.
     async fn search(&self, q: &SearchQuery) -> Result<Vec<Arc<StoredMessage>>, StoreError>;
 
@@ -87,7 +94,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_session(&self, id: &str) -> Result<(), StoreError>;
 
     /// Moves the inbox cursor of (uid, device) forward to `offset` (never backwards) and marks
-    /// that device's deliveries up to `offset` acknowledged at `ts`. Creates the device if new.
+    /// that device's deliveries up to `offset` acknowledged at `ts`. Creates the device if new,
+    /// recording `offset` as its start and `ts` as when it was first seen.
     async fn set_cursor(
         &self,
         uid: &str,

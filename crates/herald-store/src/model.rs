@@ -110,6 +110,10 @@ pub struct SessionRecord {
     pub closed_by: Option<String>,
     /// Channel name → acknowledged offset.
     pub subs: BTreeMap<String, u64>,
+    /// Channel name → the offset its subscription started after (messages at or below it were
+    /// never meant for this session). Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sub_start: BTreeMap<String, u64>,
 }
 
 /// A device's durable inbox position.
@@ -121,6 +125,28 @@ pub struct DeviceCursor {
     pub offset: u64,
     /// When the cursor last moved (or the device was first seen).
     pub updated_ms: u64,
+    /// The cursor the device started with: inbox messages at or below it were never meant for
+    /// it (`inbox.new_device_start`). `None` for devices recorded before schema version 2.
+    #[serde(default)]
+    pub start_offset: Option<u64>,
+    /// When the device was first seen. `None` for devices recorded before schema version 2.
+    #[serde(default)]
+    pub created_ms: Option<u64>,
+}
+
+/// What is left of an inbox message once retention removed it: enough to say what it was
+/// and when it went, so a trace can explain why a device never got it. Kept for
+/// `retention.tombstone_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrimmedMessage {
+    pub id: String,
+    pub stream: String,
+    pub offset: u64,
+    pub from: String,
+    /// Acceptance time.
+    pub ts: u64,
+    /// When retention removed it.
+    pub trimmed_ms: u64,
 }
 
 /// An inbox message was written to a device's connection.

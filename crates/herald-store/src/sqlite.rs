@@ -282,6 +282,14 @@ impl Store for SqliteStore {
         self.readers.run(move |c| read::message(c, &id)).await
     }
 
+    async fn trimmed_message(&self, id: &str) -> Result<Option<TrimmedMessage>, StoreError> {
+        self.check_open()?;
+        let id = id.to_owned();
+        self.readers
+            .run(move |c| read::trimmed_message(c, &id))
+            .await
+    }
+
     async fn search(&self, q: &SearchQuery) -> Result<Vec<Arc<StoredMessage>>, StoreError> {
         self.check_open()?;
         let q = q.clone();

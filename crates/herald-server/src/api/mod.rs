@@ -235,9 +235,15 @@ pub(crate) async fn publish(
     Ok(Json(p).into_response())
 }
 
-/// `GET /v1/messages/{id}`: the message and its delivery trace.
-pub(crate) async fn message(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
-    match app.engine.trace(&id).await? {
+/// `GET /v1/messages/{id}?limit=&offset=`: the message and its delivery trace (summary counts
+/// over all recipients; `limit` recipients from `offset`, default 100 from 0).
+pub(crate) async fn message(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let offset = num(&q, "offset")?.unwrap_or(0) as usize;
+    match app.engine.trace_page(&id, offset, limit(&q)?).await? {
         Some(t) => Ok(Json(t).into_response()),
         None => Err(ApiError::not_found(format!(
             "no message {id} (never stored, or trimmed by retention)"

@@ -189,6 +189,30 @@ pub(super) fn message(
     row.map(to_message).transpose()
 }
 
+/// The header of inbox message `id` if retention removed it (and it was not purged yet).
+pub(super) fn trimmed_message(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<TrimmedMessage>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, stream, offset, sender, ts, trimmed_ms FROM trimmed WHERE id = ?1",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row([id], |r| {
+            Ok(TrimmedMessage {
+                id: r.get(0)?,
+                stream: r.get(1)?,
+                offset: r.get(2)?,
+                from: r.get(3)?,
+                ts: r.get(4)?,
+                trimmed_ms: r.get(5)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(sql_error)
+}
+
 /// A `WHERE` clause built from optional filters, with positional parameters.
 #[derive(Default)]
 struct Filter {
@@ -292,7 +316,8 @@ pub(super) fn cursor(
 
 pub(super) fn devices(conn: &Connection, uid: &str) -> Result<Vec<DeviceCursor>, StoreError> {
     conn.prepare_cached(
-        "SELECT uid, device, offset, updated_ms FROM devices WHERE uid = ?1 ORDER BY device",
+        "SELECT uid, device, offset, updated_ms, start_offset, created_ms FROM devices
+         WHERE uid = ?1 ORDER BY device",
     )
     .and_then(|mut stmt| {
         stmt.query_map([uid], |r| {
@@ -301,6 +326,8 @@ pub(super) fn devices(conn: &Connection, uid: &str) -> Result<Vec<DeviceCursor>,
                 device: r.get(1)?,
                 offset: r.get(2)?,
                 updated_ms: r.get(3)?,
+                start_offset: r.get(4)?,
+                created_ms: r.get(5)?,
             })
         })?
         .collect()

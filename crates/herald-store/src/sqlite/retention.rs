@@ -40,15 +40,21 @@ fn trim_within(
     let mut moved = BTreeMap::new();
     let mut budget = limit;
     if policy.channel_max_messages > 0 {
-        trim_by_count(conn, policy.channel_max_messages, &mut budget, &mut moved)?;
+        trim_by_count(
+            conn,
+            policy.channel_max_messages,
+            now_ms,
+            &mut budget,
+            &mut moved,
+        )?;
     }
     if policy.channel_max_age_ms > 0 {
         let cutoff = now_ms.saturating_sub(policy.channel_max_age_ms);
-        trim_by_age(conn, CHANNELS, cutoff, &mut budget, &mut moved)?;
+        trim_by_age(conn, CHANNELS, cutoff, now_ms, &mut budget, &mut moved)?;
     }
     if policy.inbox_max_age_ms > 0 {
         let cutoff = now_ms.saturating_sub(policy.inbox_max_age_ms);
-        trim_by_age(conn, INBOXES, cutoff, &mut budget, &mut moved)?;
+        trim_by_age(conn, INBOXES, cutoff, now_ms, &mut budget, &mut moved)?;
     }
     let mut forgotten = 0;
     if policy.dedupe_window_ms > 0 {
@@ -60,7 +66,7 @@ fn trim_within(
             )?
             .execute(params![cutoff, limit])?;
     }
-    let (mut events, mut sessions, mut deliveries) = (0, 0, 0);
+    let (mut events, mut sessions, mut deliveries, mut headers) = (0, 0, 0, 0);
     if policy.tombstone_ms > 0 {
         let cutoff = now_ms.saturating_sub(policy.tombstone_ms);
         events = conn
@@ -85,6 +91,12 @@ fn trim_within(
                      LIMIT ?2)",
             )?
             .execute(params![cutoff, limit])?;
+        headers = conn
+            .prepare_cached(
+                "DELETE FROM trimmed WHERE id IN
+                    (SELECT id FROM trimmed WHERE trimmed_ms < ?1 LIMIT ?2)",
+            )?
+            .execute(params![cutoff, limit])?;
     }
     tracing::debug!(
         streams = moved.len(),
@@ -93,6 +105,7 @@ fn trim_within(
         events,
         sessions,
         deliveries,
+        headers,
         "store trimmed"
     );
     Ok(moved.into_values().collect())
@@ -102,6 +115,7 @@ fn trim_within(
 fn trim_by_count(
     conn: &Connection,
     max: u64,
+    now_ms: u64,
     budget: &mut u64,
     moved: &mut BTreeMap<String, Trimmed>,
 ) -> rusqlite::Result<()> {
@@ -119,7 +133,7 @@ fn trim_by_count(
             break;
         }
         let keep_from = last.saturating_sub(max) + 1;
-        remove_prefix(conn, stream, first, keep_from, budget, moved)?;
+        remove_prefix(conn, stream, first, keep_from, now_ms, budget, moved)?;
     }
     Ok(())
 }
@@ -131,6 +145,7 @@ fn trim_by_age(
     conn: &Connection,
     range: (&str, &str),
     cutoff: u64,
+    now_ms: u64,
     budget: &mut u64,
     moved: &mut BTreeMap<String, Trimmed>,
 ) -> rusqlite::Result<()> {
@@ -180,24 +195,34 @@ fn trim_by_age(
                 keep_from = offset + 1;
             }
         }
-        remove_prefix(conn, stream, first, keep_from, budget, moved)?;
+        remove_prefix(conn, stream, first, keep_from, now_ms, budget, moved)?;
     }
     Ok(())
 }
 
 /// Deletes offsets `first..keep_from` of `stream` (at most `budget` of them) and moves
-/// `streams.first`.
+/// `streams.first`. An inbox keeps the header of each removed message in `trimmed` (channels
+/// do not: their volume is unbounded and their readers are sessions, not durable devices).
 fn remove_prefix(
     conn: &Connection,
     stream: String,
     first: u64,
     keep_from: u64,
+    now_ms: u64,
     budget: &mut u64,
     moved: &mut BTreeMap<String, Trimmed>,
 ) -> rusqlite::Result<()> {
     let keep_from = keep_from.min(first.saturating_add(*budget));
     if keep_from <= first {
         return Ok(());
+    }
+    if stream.starts_with(INBOXES.0) {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO trimmed (id, stream, offset, sender, ts, trimmed_ms)
+             SELECT id, stream, offset, sender, ts, ?4 FROM messages
+             WHERE stream = ?1 AND offset >= ?2 AND offset < ?3",
+        )?
+        .execute(params![stream, first, keep_from, now_ms])?;
     }
     let removed = conn
         .prepare_cached("DELETE FROM messages WHERE stream = ?1 AND offset >= ?2 AND offset < ?3")?

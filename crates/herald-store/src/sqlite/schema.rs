@@ -15,7 +15,7 @@ use crate::model::Durability;
 use crate::StoreError;
 
 /// The layout version this code reads and writes (`meta.schema_version`).
-pub(super) const SCHEMA_VERSION: u32 = 1;
+pub(super) const SCHEMA_VERSION: u32 = 2;
 
 /// How long a connection waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +40,10 @@ const STATEMENT_CACHE: usize = 128;
 ///   the event's commit; `body` is the exact JSON sent. Rows leave when delivered or given up
 ///   (never by retention). The table was added without a version bump: `CREATE … IF NOT
 ///   EXISTS` adds it to older databases, and older builds ignore it.
+/// - `devices.start_offset` / `devices.created_ms` (version 2) are the cursor a device started
+///   with and when it was first seen; NULL for devices recorded by version 1.
+/// - `trimmed` (version 2) keeps the header of each inbox message retention removed, for
+///   `retention.tombstone_ms`, so a trace can say "trimmed before ack" instead of "unknown".
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -88,12 +92,24 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_closed ON sessions(last_seen_ms) WHERE state = 'closed';
 
 CREATE TABLE IF NOT EXISTS devices (
-    uid        TEXT NOT NULL,
-    device     TEXT NOT NULL,
-    offset     INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
+    uid          TEXT NOT NULL,
+    device       TEXT NOT NULL,
+    offset       INTEGER NOT NULL,
+    updated_ms   INTEGER NOT NULL,
+    start_offset INTEGER,
+    created_ms   INTEGER,
     PRIMARY KEY (uid, device)
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS trimmed (
+    id         TEXT PRIMARY KEY,
+    stream     TEXT NOT NULL,
+    offset     INTEGER NOT NULL,
+    sender     TEXT NOT NULL,
+    ts         INTEGER NOT NULL,
+    trimmed_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS trimmed_by_time ON trimmed(trimmed_ms);
 
 CREATE TABLE IF NOT EXISTS deliveries (
     rowid         INTEGER PRIMARY KEY,
@@ -229,10 +245,29 @@ fn create_schema_in_tx(conn: &Connection) -> Result<(), StoreError> {
             Ok(())
         }
         Some(v) if v == SCHEMA_VERSION.to_string() => Ok(()),
+        Some(v) if v == "1" => migrate_from_1(conn),
         Some(v) => Err(StoreError::Corrupt(format!(
             "database schema version {v} is not supported (this build reads {SCHEMA_VERSION})"
         ))),
     }
+}
+
+/// Version 1 → 2: the devices table learns where each device started. Runs inside the schema
+/// transaction, so a failed migration leaves version 1 intact. (`SCHEMA` already created the
+/// new `trimmed` table: `CREATE … IF NOT EXISTS` on a version 1 database.)
+fn migrate_from_1(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "ALTER TABLE devices ADD COLUMN start_offset INTEGER;
+         ALTER TABLE devices ADD COLUMN created_ms INTEGER;",
+    )
+    .map_err(sql_error)?;
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+        [SCHEMA_VERSION.to_string()],
+    )
+    .map_err(sql_error)?;
+    tracing::info!("database schema migrated from version 1 to {SCHEMA_VERSION}");
+    Ok(())
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {

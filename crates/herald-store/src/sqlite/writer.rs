@@ -432,7 +432,8 @@ impl Writer {
     fn set_cursor(&self, uid: &str, device: &str, offset: u64, ts: u64) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO devices (uid, device, offset, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO devices (uid, device, offset, updated_ms, start_offset, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?3, ?4)
                  ON CONFLICT (uid, device) DO UPDATE SET
                     offset = excluded.offset,
                     updated_ms = excluded.updated_ms

@@ -150,6 +150,7 @@ pub(crate) fn session(id: &str, acked_seq: u64) -> SessionRecord {
         closed_reason: None,
         closed_by: None,
         subs: [("room1".to_string(), 4u64)].into_iter().collect(),
+        sub_start: [("room1".to_string(), 2u64)].into_iter().collect(),
     }
 }
 

@@ -35,19 +35,29 @@ async fn cursor_only_moves_forward() {
                 uid: "bob".into(),
                 device: "b1".into(),
                 offset: 5,
-                updated_ms: 100
+                updated_ms: 100,
+                start_offset: Some(5),
+                created_ms: Some(100),
             },
             DeviceCursor {
                 uid: "bob".into(),
                 device: "b2".into(),
                 offset: 0,
-                updated_ms: 150
+                updated_ms: 150,
+                start_offset: Some(0),
+                created_ms: Some(150),
             },
         ]
     );
     store.set_cursor("bob", "b1", 8, 300).await.unwrap();
     assert_eq!(store.cursor("bob", "b1").await.unwrap(), Some(8));
-    assert_eq!(store.devices("bob").await.unwrap()[0].updated_ms, 300);
+    let b1 = &store.devices("bob").await.unwrap()[0];
+    assert_eq!(b1.updated_ms, 300);
+    assert_eq!(
+        (b1.start_offset, b1.created_ms),
+        (Some(5), Some(100)),
+        "where a device started and when it was first seen never change"
+    );
     assert!(store.devices("nobody").await.unwrap().is_empty());
     assert_eq!(store.cursor("alice", "b1").await.unwrap(), None);
 }

@@ -184,3 +184,78 @@ async fn close_commits_everything_submitted_before_it() {
     let (store, _) = open(dir.path());
     assert_eq!(offsets(&all(&store, "chan:a").await), [1, 2]);
 }
+
+/// A version 1 database (devices without `start_offset`/`created_ms`, no `trimmed` table) is
+/// migrated in place on open: old devices keep their cursors with unknown starts, new devices
+/// record theirs, and trims keep headers.
+#[tokio::test]
+async fn a_version_1_database_is_migrated_on_open() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let m = stored(store.append(msg("inbox:bob", "alice", 100)).await.unwrap());
+    store.close().await.unwrap();
+    drop(store);
+    {
+        // Turn the file back into what version 1 wrote.
+        let conn = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+        conn.execute_batch(
+            "DROP TABLE devices;
+             CREATE TABLE devices (
+                 uid        TEXT NOT NULL,
+                 device     TEXT NOT NULL,
+                 offset     INTEGER NOT NULL,
+                 updated_ms INTEGER NOT NULL,
+                 PRIMARY KEY (uid, device)
+             ) WITHOUT ROWID;
+             INSERT INTO devices VALUES ('bob', 'old', 0, 50);
+             DROP TABLE trimmed;
+             UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    }
+
+    let (store, _) = open(dir.path());
+    store.set_cursor("bob", "new", 1, 200).await.unwrap();
+    let devices = store.devices("bob").await.unwrap();
+    assert_eq!(
+        devices
+            .iter()
+            .map(|d| (d.device.as_str(), d.offset, d.start_offset, d.created_ms))
+            .collect::<Vec<_>>(),
+        [("new", 1, Some(1), Some(200)), ("old", 0, None, None)]
+    );
+    store
+        .trim(
+            10_000,
+            &Retention {
+                inbox_max_age_ms: 1_000,
+                ..keep_all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .trimmed_message(&m.id)
+            .await
+            .unwrap()
+            .map(|t| t.offset),
+        Some(1)
+    );
+    store.close().await.unwrap();
+    drop(store);
+
+    let conn = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    let version: String = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, "2");
+    // Opening the migrated file again is a no-op.
+    drop(conn);
+    let (store, _) = open(dir.path());
+    assert_eq!(store.devices("bob").await.unwrap().len(), 2);
+}

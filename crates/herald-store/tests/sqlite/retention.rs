@@ -218,3 +218,76 @@ async fn trim_purges_old_tombstones_only() {
         "message still retained"
     );
 }
+
+#[tokio::test]
+async fn trimmed_inbox_messages_leave_their_header_until_the_tombstone_window_passes() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let gone = stored(store.append(msg("inbox:bob", "alice", 100)).await.unwrap());
+    let kept = stored(
+        store
+            .append(msg("inbox:bob", "carol", 9_000))
+            .await
+            .unwrap(),
+    );
+    let chan = stored(store.append(msg("chan:a", "alice", 100)).await.unwrap());
+    assert_eq!(store.trimmed_message(&gone.id).await.unwrap(), None);
+
+    let policy = Retention {
+        inbox_max_age_ms: 5_000,
+        channel_max_age_ms: 5_000,
+        tombstone_ms: 20_000,
+        ..keep_all()
+    };
+    store.trim(10_000, &policy).await.unwrap();
+    assert_eq!(store.message(&gone.id).await.unwrap(), None);
+    assert_eq!(
+        store.trimmed_message(&gone.id).await.unwrap(),
+        Some(TrimmedMessage {
+            id: gone.id.clone(),
+            stream: "inbox:bob".into(),
+            offset: 1,
+            from: "alice".into(),
+            ts: 100,
+            trimmed_ms: 10_000,
+        })
+    );
+    assert_eq!(
+        store.trimmed_message(&kept.id).await.unwrap(),
+        None,
+        "retained"
+    );
+    assert_eq!(
+        store.trimmed_message(&chan.id).await.unwrap(),
+        None,
+        "channels keep no headers"
+    );
+
+    // Still inside the window (trimmed at 10 000, window 20 000).
+    store
+        .trim(
+            29_999,
+            &Retention {
+                tombstone_ms: 20_000,
+                ..keep_all()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.trimmed_message(&gone.id).await.unwrap().is_some());
+    store
+        .trim(
+            30_001,
+            &Retention {
+                tombstone_ms: 20_000,
+                ..keep_all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.trimmed_message(&gone.id).await.unwrap(),
+        None,
+        "purged"
+    );
+}

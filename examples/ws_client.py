@@ -74,43 +74,47 @@ def show(who, obj):
     return obj
 
 
-addr = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:7070"
-bob = Herald(addr, {"uid": "bob", "device": "phone"})
-show("bob", bob.welcome)
-bob.request({"t": "sub", "chan": "room1"})
-show("bob", bob.next())  # ok: {"s":"chan:room1","o":<last offset>}
+def tour(addr):
+    bob = Herald(addr, {"uid": "bob", "device": "phone"})
+    show("bob", bob.welcome)
+    bob.request({"t": "sub", "chan": "room1"})
+    show("bob", bob.next())  # ok: {"s":"chan:room1","o":<last offset>}
 
-alice = Herald(addr, {"uid": "alice", "device": "laptop"})
-alice.request({"t": "pub", "to": "chan:room1", "body": {"text": "hello room"}})
-show("alice", alice.next())  # ok: stored at offset o of chan:room1
-alice.request({"t": "pub", "to": "user:bob", "body": {"text": "hi bob"}, "id": os.urandom(8).hex()})
-show("alice", alice.next())  # ok: {"s":"inbox","o":…,"online":1}
+    alice = Herald(addr, {"uid": "alice", "device": "laptop"})
+    alice.request({"t": "pub", "to": "chan:room1", "body": {"text": "hello room"}})
+    show("alice", alice.next())  # ok: stored at offset o of chan:room1
+    alice.request({"t": "pub", "to": "user:bob", "body": {"text": "hi bob"}, "id": os.urandom(8).hex()})
+    show("alice", alice.next())  # ok: {"s":"inbox","o":…,"online":1}
 
-handled = {}  # stream -> highest offset handled: an offset may come again after a resume
-
-
-def receive(client, count):
-    while count:
-        m = client.next()
-        if m["t"] == "msg" and m["o"] <= handled.get(m["s"], 0):
-            continue  # already handled: drop it
-        show("bob", m)
-        if m["t"] in ("msg", "gap"):
-            handled[m["s"]] = m["o"] if m["t"] == "msg" else m["to"]
-            client.send({"t": "ack", "s": m["s"], "o": handled[m["s"]]})
-            count -= 1
+    handled = {}  # stream -> highest offset handled: an offset may come again after a resume
 
 
-receive(bob, 2)
-bob.close()  # the network drops
-alice.request({"t": "pub", "to": "user:bob", "body": {"text": "while you were away"}})
-show("alice", alice.next())  # stored; online: 0 once the server has seen bob drop
+    def receive(client, count):
+        while count:
+            m = client.next()
+            if m["t"] == "msg" and m["o"] <= handled.get(m["s"], 0):
+                continue  # already handled: drop it
+            show("bob", m)
+            if m["t"] in ("msg", "gap"):
+                handled[m["s"]] = m["o"] if m["t"] == "msg" else m["to"]
+                client.send({"t": "ack", "s": m["s"], "o": handled[m["s"]]})
+                count -= 1
 
-w = bob.welcome
-bob = Herald(addr, {"uid": "bob", "device": "phone",
-                    "resume": {"session": w["session"], "key": w["key"]}})
-show("bob", bob.welcome)  # resumed: true, acked_seq: 1, subs: {"room1": {"o": …}}
-bob.seq = bob.welcome["acked_seq"]  # continue the session's seq numbering
-receive(bob, 1)
-for c in (alice, bob):
-    c.send({"t": "bye"})  # ends the session for good
+
+    receive(bob, 2)
+    bob.close()  # the network drops
+    alice.request({"t": "pub", "to": "user:bob", "body": {"text": "while you were away"}})
+    show("alice", alice.next())  # stored; online: 0 once the server has seen bob drop
+
+    w = bob.welcome
+    bob = Herald(addr, {"uid": "bob", "device": "phone",
+                        "resume": {"session": w["session"], "key": w["key"]}})
+    show("bob", bob.welcome)  # resumed: true, acked_seq: 1, subs: {"room1": {"o": …}}
+    bob.seq = bob.welcome["acked_seq"]  # continue the session's seq numbering
+    receive(bob, 1)
+    for c in (alice, bob):
+        c.send({"t": "bye"})  # ends the session for good
+
+
+if __name__ == "__main__":
+    tour(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:7070")

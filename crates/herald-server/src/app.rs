@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use herald_core::{Engine, Streams, SystemClock};
@@ -68,6 +69,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             count_http_errors,
@@ -83,6 +85,36 @@ async fn count_http_errors(State(app): State<Arc<App>>, req: Request, next: Next
         app.metrics.http_error(code.as_str());
     }
     res
+}
+
+/// Gives error answers produced by the HTTP framework itself (an extractor's rejection: a
+/// plain `GET /v1/ws` without an upgrade, a path that is not UTF-8, …) the same JSON shape as
+/// ours. Answers from [`api::ApiError`] carry their [`ErrorCode`] and pass unchanged.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || res.extensions().get::<ErrorCode>().is_some()
+    {
+        return res;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        s if s.is_client_error() => ErrorCode::BadFrame,
+        _ => ErrorCode::Internal,
+    };
+    let text = axum::body::to_bytes(res.into_body(), 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let msg = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    api::ApiError::new(status, code, msg).into_response()
 }
 
 /// Runs the server until SIGINT/SIGTERM, then shuts down gracefully.

@@ -851,6 +851,16 @@ async fn health_readiness_and_unknown_paths() {
     let (status, e) = s.get("/v1/publish").await;
     assert_eq!(status, 405, "{e}");
     assert!(e["error"]["msg"].is_string(), "{e}");
+    // Rejections by the HTTP framework itself get the JSON shape as well: a plain GET of the
+    // WebSocket endpoint, and a path segment that is not UTF-8.
+    let (status, e) = s.get("/v1/ws").await;
+    assert_eq!((status, error_code(&e)), (400, "bad_frame"), "{e}");
+    assert!(
+        e["error"]["msg"].as_str().is_some_and(|m| !m.is_empty()),
+        "{e}"
+    );
+    let (status, e) = s.get("/v1/messages/%FF").await;
+    assert_eq!((status, error_code(&e)), (400, "bad_frame"), "{e}");
 }
 
 #[tokio::test]

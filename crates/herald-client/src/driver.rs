@@ -256,6 +256,15 @@ impl Driver {
                                         OpenError::Fatal(Error::DeviceStore(e.to_string()))
                                     })?;
                                 }
+                                // Set before `connect()` returns, so `session()` is never None after it.
+                                if let Ok(mut s) = self.shared.session.lock() {
+                                    *s = Some(SessionInfo {
+                                        session: w.session.clone(),
+                                        uid: w.uid.clone(),
+                                        device: w.device.clone(),
+                                        conn: w.conn.clone(),
+                                    });
+                                }
                                 // Frames batched after the welcome (redeliveries, answers)
                                 // are handled by the session loop, never dropped.
                                 let rest = frames.collect();
@@ -352,14 +361,6 @@ impl Driver {
     ) -> Result<(), String> {
         let had_session = self.session.is_some();
         self.session = Some((w.session.clone(), w.key.clone()));
-        if let Ok(mut s) = self.shared.session.lock() {
-            *s = Some(SessionInfo {
-                session: w.session.clone(),
-                uid: w.uid.clone(),
-                device: w.device.clone(),
-                conn: w.conn.clone(),
-            });
-        }
         self.hb_limit = if w.heartbeat_ms == 0 {
             Duration::from_secs(3600)
         } else {

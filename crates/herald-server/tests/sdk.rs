@@ -700,3 +700,41 @@ async fn a_refused_login_fails_connect() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_session_replaced_while_disconnected_learns_it_on_resume_and_stops() {
+    let s = Server::start(&[("IDENTITY__POLICY", "single")]);
+    let proxy = Proxy::start(&s.addr).await;
+    let (first, _fd, mut fe) = connect(&proxy.url(), "gus", "g1").await;
+    proxy.set_down(true);
+    proxy.cut();
+    wait_event(&mut fe, |e| {
+        matches!(e, ConnectionEvent::Reconnecting { .. })
+    })
+    .await;
+    let (_second, _sd, _se) = connect(&s.ws_url(), "gus", "g2").await;
+    proxy.set_down(false);
+    let seen = wait_event(&mut fe, |e| matches!(e, ConnectionEvent::Evicted { .. })).await;
+    assert!(
+        matches!(
+            seen.last(),
+            Some(ConnectionEvent::Evicted {
+                reason: EvictReason::Replaced,
+                ..
+            })
+        ),
+        "{seen:?}"
+    );
+    assert_eq!(fe.recv().await, Some(ConnectionEvent::Closed));
+    assert_eq!(
+        fe.recv().await,
+        None,
+        "no fresh login that would evict the twin back"
+    );
+    assert!(matches!(
+        first.publish("user:gus", json!(1)).await,
+        Err(Error::Evicted { .. })
+    ));
+    let (_, v) = s.get("/v1/events?type=eviction").await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+}

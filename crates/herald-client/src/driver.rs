@@ -35,7 +35,12 @@ struct Pending {
     _permit: Option<OwnedSemaphorePermit>,
     /// Sent more than once (after a reconnect, or reissued after a bare `dup`).
     resent: bool,
+    /// Reissues after `err bad_frame` to a resent request.
+    reissues: u8,
 }
+
+/// How often a resent request answered `bad_frame` is reissued before the error is returned.
+const MAX_REISSUES: u8 = 3;
 
 type Frame = Result<ServerFrame, herald_protocol::DecodeError>;
 
@@ -194,6 +199,7 @@ impl Driver {
                 reply,
                 _permit: permit,
                 resent: false,
+                reissues: 0,
             },
         );
         seq
@@ -611,10 +617,21 @@ impl Driver {
                     tracing::warn!(code = e.code.as_str(), msg = %e.msg, "herald-client: server error");
                     return Ok(());
                 };
-                let Some(p) = self.pending.remove(&seq) else {
+                let Some(mut p) = self.pending.remove(&seq) else {
                     return Ok(());
                 };
                 let code = e.code.as_str().to_string();
+                if code == "bad_frame" && p.resent && p.reissues < MAX_REISSUES {
+                    // "seq already being processed": its answer went to the old connection.
+                    // Reissue under a new seq (a pub keeps its idempotency id).
+                    tracing::debug!(seq, msg = %e.msg, "herald-client: reissuing a resent request");
+                    p.reissues += 1;
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    let frame = Self::frame(seq, &p.req);
+                    self.pending.insert(seq, p);
+                    return self.send(sink, frame).await.map_err(End::Lost);
+                }
                 let result = match &p.req {
                     // A resent unsub that finds nothing to remove did its job earlier.
                     Request::Unsub { chan } if p.resent && code == "not_subscribed" => {

@@ -738,3 +738,71 @@ async fn a_session_replaced_while_disconnected_learns_it_on_resume_and_stops() {
     let (_, v) = s.get("/v1/events?type=eviction").await;
     assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
 }
+
+#[tokio::test]
+async fn repeated_cuts_during_traffic_lose_and_duplicate_nothing() {
+    let s = Server::start(&[]);
+    let proxy = Proxy::start(&s.addr).await;
+    let (alice, _ad, _ae) = connect(&proxy.url(), "alice", "a1").await;
+    let (bob, mut bd, mut be) = connect(&proxy.url(), "bob", "b1").await;
+    bob.subscribe("r", None).await.unwrap();
+    const N: u64 = 200;
+    let publisher = tokio::spawn(async move {
+        let mut out = Vec::new();
+        for i in 0..N {
+            let to = if i % 2 == 0 { "chan:r" } else { "user:bob" };
+            out.push(alice.publish(to, json!(i)).await.expect("publish resolves"));
+        }
+        out
+    });
+    let mut cuts = 0;
+    while !publisher.is_finished() && cuts < 10 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        proxy.cut();
+        cuts += 1;
+    }
+    let published = timeout(WAIT, publisher).await.unwrap().unwrap();
+    assert_eq!(published.len() as u64, N);
+    let got = take(&mut bd, N as usize).await;
+    expect_no_delivery(&mut bd, Duration::from_millis(300)).await;
+    let o = offsets(&got);
+    assert_eq!(
+        o["chan:r"],
+        (1..=N / 2).collect::<Vec<u64>>(),
+        "exactly once, in order"
+    );
+    assert_eq!(
+        o["inbox"],
+        (1..=N / 2).collect::<Vec<u64>>(),
+        "exactly once, in order"
+    );
+    let bodies: Vec<u64> = got.iter().map(|d| d.body.as_u64().unwrap()).collect();
+    let mut sorted = bodies.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..N).collect::<Vec<u64>>());
+    assert_eq!(
+        history(&s, "chan:r").await.len() as u64,
+        N / 2,
+        "stored once"
+    );
+    assert_eq!(
+        history(&s, "inbox:bob").await.len() as u64,
+        N / 2,
+        "stored once"
+    );
+    // Every cut was reported, none silently.
+    let mut disconnects = 0;
+    while let Some(e) = be.try_recv() {
+        if matches!(e, ConnectionEvent::Disconnected { .. }) {
+            disconnects += 1;
+        }
+        assert!(
+            !matches!(
+                e,
+                ConnectionEvent::ResumeFailed { .. } | ConnectionEvent::Gap { .. }
+            ),
+            "{e:?}"
+        );
+    }
+    assert!(disconnects >= 1, "cuts: {cuts}");
+}

@@ -3,6 +3,8 @@
 //! recovery buffer makes `publish` wait; acks are sent once the app has taken a message.
 //! These are the checks behind the sentences of docs/client.md.
 #![allow(clippy::unwrap_used)]
+// The JWT `exp` claim needs wall-clock time.
+#![allow(clippy::disallowed_types)]
 mod common;
 
 use std::collections::BTreeMap;
@@ -805,4 +807,61 @@ async fn repeated_cuts_during_traffic_lose_and_duplicate_nothing() {
         );
     }
     assert!(disconnects >= 1, "cuts: {cuts}");
+}
+
+#[tokio::test]
+async fn a_token_logs_in_and_a_bad_token_is_refused() {
+    const SECRET: &str = "sdk-test-secret-0123456789-abcdefghij";
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_in(dir.path(), &[("AUTH__HS256_SECRET", SECRET)], false);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = |secret: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": "hana", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let c = Client::builder(s.ws_url())
+        .token(token(SECRET))
+        .device("h1")
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(c.session().unwrap().uid, "hana");
+    assert_eq!(c.publish("user:hana", json!(1)).await.unwrap().offset, 1);
+
+    let err = Client::builder(s.ws_url())
+        .token(token("another-secret-0123456789-abcdefghijkl"))
+        .connect()
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::Refused { code, .. } if code == "unauthorized"),
+        "{err}"
+    );
+    let err = Client::builder(s.ws_url()).connect().await.err().unwrap();
+    assert!(
+        matches!(err, Error::Invalid(_)),
+        "credentials are required: {err}"
+    );
+}
+
+#[tokio::test]
+async fn connect_to_nothing_fails_at_once() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let err = builder(&format!("ws://{addr}/v1/ws"), "ivy")
+        .connect()
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Connect(_)), "{err}");
 }

@@ -588,6 +588,24 @@ async fn a_full_recovery_buffer_makes_publish_wait_until_the_server_is_back() {
 
     s.restart();
     proxy.set_upstream(&s.addr);
+    // Every failed attempt while the server was down was announced, numbered 1, 2, 3 …
+    let seen = wait_event(&mut ae, |e| matches!(e, ConnectionEvent::Connected { .. })).await;
+    assert_eq!(
+        seen.last(),
+        Some(&ConnectionEvent::Connected { resumed: true })
+    );
+    let attempts: Vec<u32> = seen
+        .iter()
+        .filter_map(|e| match e {
+            ConnectionEvent::Reconnecting { attempt, next_in } => {
+                assert_eq!(*next_in, Duration::from_millis(50), "the fixed strategy");
+                Some(*attempt)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(attempts.len() >= 2, "{seen:?}");
+    assert_eq!(attempts, (1..=attempts.len() as u32).collect::<Vec<_>>());
     let mut offsets = Vec::new();
     for p in pubs {
         offsets.push(timeout(WAIT, p).await.unwrap().unwrap().unwrap().offset);

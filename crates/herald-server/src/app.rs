@@ -89,11 +89,17 @@ async fn count_http_errors(State(app): State<Arc<App>>, req: Request, next: Next
 
 /// Gives error answers produced by the HTTP framework itself (an extractor's rejection: a
 /// plain `GET /v1/ws` without an upgrade, a path that is not UTF-8, …) the same JSON shape as
-/// ours. Answers from [`api::ApiError`] carry their [`ErrorCode`] and pass unchanged.
+/// ours. JSON answers (ours, or `/readyz`'s 503) pass unchanged.
 async fn json_errors(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
+    let is_json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
     if !(status.is_client_error() || status.is_server_error())
+        || is_json
         || res.extensions().get::<ErrorCode>().is_some()
     {
         return res;

@@ -232,46 +232,52 @@ impl Proxy {
         let proxy = self.clone();
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(chaos.seed);
-            let mean_ms = (1000.0 / chaos.rate.max(0.001)) as u64;
+            let mut plan = chaos.schedule();
             loop {
-                // Uniform in [0.5, 1.5] × the mean interval: faults at random times whose
-                // sequence and spacing are fixed by the seed.
-                let wait = Duration::from_millis(rng.random_range(mean_ms / 2..=mean_ms * 3 / 2));
+                let (wait, fault) = plan.next_fault();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop_rx.changed() => break,
                 }
-                let pick = rng.random_range(0..1024usize);
-                match rng.random_range(0..100u32) {
-                    0..40 => {
+                // A fault with a span holds until the span ends (or the schedule is stopped),
+                // then is lifted.
+                let span = match fault {
+                    Fault::CutOne(pick) => {
                         proxy.cut_one(pick);
+                        continue;
                     }
-                    40..55 => {
+                    Fault::CutAll => {
                         proxy.cut_all();
+                        continue;
                     }
-                    55..80 => {
-                        proxy.stall_one(pick, chaos.stall);
+                    Fault::StallOne(pick, d) => {
+                        proxy.stall_one(pick, d);
+                        continue;
                     }
-                    80..92 => {
-                        // A latency spike for a while.
-                        proxy.delay(Duration::from_millis(rng.random_range(5..=60)));
-                        let span = Duration::from_millis(rng.random_range(100..=600));
-                        tokio::select! {
-                            _ = tokio::time::sleep(span) => {}
-                            _ = stop_rx.changed() => { proxy.delay(Duration::ZERO); break }
-                        }
-                        proxy.delay(Duration::ZERO);
+                    Fault::Delay(d, span) => {
+                        proxy.delay(d);
+                        span
                     }
-                    _ => {
-                        proxy.throttle(rng.random_range(2_000..=50_000));
-                        let span = Duration::from_millis(rng.random_range(100..=500));
-                        tokio::select! {
-                            _ = tokio::time::sleep(span) => {}
-                            _ = stop_rx.changed() => { proxy.throttle(0); break }
-                        }
-                        proxy.throttle(0);
+                    Fault::Throttle(bps, span) => {
+                        proxy.throttle(bps);
+                        span
                     }
+                    Fault::Refuse(span) => {
+                        proxy.refuse(true);
+                        span
+                    }
+                };
+                let stopped = tokio::select! {
+                    _ = tokio::time::sleep(span) => false,
+                    _ = stop_rx.changed() => true,
+                };
+                match fault {
+                    Fault::Delay(..) => proxy.delay(Duration::ZERO),
+                    Fault::Throttle(..) => proxy.throttle(0),
+                    _ => proxy.refuse(false),
+                }
+                if stopped {
+                    break;
                 }
             }
         });
@@ -314,6 +320,64 @@ impl Chaos {
     pub fn stall_for(mut self, d: Duration) -> Chaos {
         self.stall = d;
         self
+    }
+}
+
+impl Chaos {
+    /// The fault sequence this seed produces (what [`Proxy::run`] injects, in order).
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            rng: StdRng::seed_from_u64(self.seed),
+            mean_ms: (1000.0 / self.rate.max(0.001)) as u64,
+            stall: self.stall,
+        }
+    }
+}
+
+/// One injected fault; `usize` picks a live connection (index modulo the live count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    CutOne(usize),
+    CutAll,
+    StallOne(usize, Duration),
+    /// Latency per chunk, for a span.
+    Delay(Duration, Duration),
+    /// Bytes per second, for a span.
+    Throttle(u64, Duration),
+    /// New connections refused, for a span.
+    Refuse(Duration),
+}
+
+/// The seeded sequence of (wait before it, fault).
+pub struct Schedule {
+    rng: StdRng,
+    mean_ms: u64,
+    stall: Duration,
+}
+
+impl Schedule {
+    pub fn next_fault(&mut self) -> (Duration, Fault) {
+        let rng = &mut self.rng;
+        // Uniform in [0.5, 1.5] × the mean interval.
+        let wait = Duration::from_millis(rng.random_range(self.mean_ms / 2..=self.mean_ms * 3 / 2));
+        let pick = rng.random_range(0..1024usize);
+        let ms =
+            |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..=hi));
+        let fault = match rng.random_range(0..100u32) {
+            0..35 => Fault::CutOne(pick),
+            35..48 => Fault::CutAll,
+            48..72 => Fault::StallOne(pick, self.stall),
+            72..84 => {
+                let d = ms(rng, 5, 60);
+                Fault::Delay(d, ms(rng, 100, 600))
+            }
+            84..94 => {
+                let bps = rng.random_range(2_000..=50_000);
+                Fault::Throttle(bps, ms(rng, 100, 500))
+            }
+            _ => Fault::Refuse(ms(rng, 100, 400)),
+        };
+        (wait, fault)
     }
 }
 

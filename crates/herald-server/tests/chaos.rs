@@ -98,6 +98,8 @@ struct Resilient {
     /// Frames that came in the same text frame as the welcome.
     early: Vec<ServerFrame>,
     last_rx: Instant,
+    /// `hello.reconnect_timeout_ms` (None: the server's).
+    window_ms: Option<u64>,
     stats: Stats,
 }
 
@@ -117,6 +119,7 @@ impl Resilient {
             ready: Default::default(),
             early: Vec::new(),
             last_rx: Instant::now(),
+            window_ms: None,
             stats: Stats::default(),
         }
     }
@@ -180,6 +183,9 @@ impl Resilient {
         if let Some(w) = &self.welcome {
             hello["resume"] = json!({"session": w.session, "key": w.key});
         }
+        if let Some(ms) = self.window_ms {
+            hello["reconnect_timeout_ms"] = json!(ms);
+        }
         ws.send(Message::Text(hello.to_string().into()))
             .await
             .ok()?;
@@ -218,8 +224,8 @@ impl Resilient {
     async fn after_welcome(&mut self, w: Welcome) {
         if debug() {
             eprintln!(
-                "{}: welcome resumed={} acked_seq={} subs={:?} conn={} last={:?}",
-                self.uid, w.resumed, w.acked_seq, w.subs, w.conn, self.last
+                "{}: welcome rt={} resumed={} acked_seq={} subs={:?} conn={} last={:?}",
+                self.uid, w.reconnect_timeout_ms, w.resumed, w.acked_seq, w.subs, w.conn, self.last
             );
         }
         let asked = self.welcome.is_some();
@@ -291,6 +297,9 @@ impl Resilient {
             match tokio::time::timeout_at(until, ws.next()).await {
                 Err(_) => {
                     if Instant::now() >= dead_at {
+                        if debug() {
+                            eprintln!("{}: watchdog: silent connection dropped", self.uid);
+                        }
                         self.ws = None; // silent: half-open; drop it and resume elsewhere
                         continue;
                     }
@@ -426,6 +435,7 @@ async fn publisher(
 ) -> PubReport {
     let mut rng = StdRng::seed_from_u64(seed ^ (idx as u64).wrapping_mul(0x9E37_79B9));
     let mut c = Resilient::new(url, &format!("pub{idx}"), "d");
+    c.window_ms = short_window(idx);
     c.connect().await;
     let mut report = PubReport::default();
     let window = 16;
@@ -497,6 +507,7 @@ async fn subscriber(
     mut targets: watch::Receiver<Option<HashMap<String, HashMap<String, u64>>>>,
 ) -> SubReport {
     let mut c = Resilient::new(url, &uid, "d");
+    c.window_ms = short_window(uid.trim_start_matches("sub").parse().unwrap_or(0));
     c.connect().await;
     for chan in &chans {
         c.request(Req::Sub { chan: chan.clone() }).await;
@@ -563,6 +574,13 @@ async fn history(s: &Server, stream: &str) -> Vec<(u64, String)> {
             after = o;
         }
     }
+}
+
+/// Client 2 of each group asks for a 250 ms reconnect window: a stall, a refusal or the
+/// server restart outlasts it, so its resumes fail (`expired`) and it recovers through a new
+/// session: resubscribing from what it handled and resending its publishes by idempotency id.
+fn short_window(idx: usize) -> Option<u64> {
+    (idx == 2).then_some(250)
 }
 
 fn debug() -> bool {
@@ -906,8 +924,15 @@ async fn proxy_faults_are_seen_by_client_and_server() {
 
     // Stall (half-open): the server hears nothing for longer than heartbeat + grace and
     // detaches the session, while the proxy still holds the client's socket open.
-    assert_eq!(proxy.stall(Duration::from_millis(1500)), 1);
+    let t0 = Instant::now();
+    assert_eq!(proxy.stall(Duration::from_millis(2000)), 1);
     server.wait_detached("solo", &w.session).await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "the server noticed the silence during the stall (heartbeat 300 + grace 200 ms), not \
+         when it ended: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(proxy.live(), 1, "a stall closes nothing");
     // When the stall ends the proxy forwards the server's close: the client learns it.
     assert_eq!(raw_next(&mut ws, common::WAIT).await, None);

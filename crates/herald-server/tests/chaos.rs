@@ -35,6 +35,9 @@ const SERVER_ENV: &[(&str, &str)] = &[
     ("SESSION__HEARTBEAT_MS", "300"),
     ("SESSION__HEARTBEAT_GRACE_MS", "200"),
     ("LIMITS__REQUESTS_PER_SEC", "0"),
+    // The end check reads every stream's whole history: a soak stores far more than the
+    // default 10,000 messages per channel.
+    ("RETENTION__CHANNEL_MAX_MESSAGES", "100000000"),
 ];
 
 /// A request waiting for its answer.
@@ -526,7 +529,8 @@ async fn subscriber(
             let done = t
                 .iter()
                 .all(|(s, o)| c.last.get(s).copied().unwrap_or(0) >= *o);
-            if done && c.pending.is_empty() {
+            // Handled offsets are recorded when their event is taken from `ready`.
+            if done && c.pending.is_empty() && c.ready.is_empty() {
                 break;
             }
             let d = *deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
@@ -1007,4 +1011,90 @@ fn chaos_schedule_is_fixed_by_its_seed() {
     assert!(faults
         .iter()
         .all(|(w, _)| (125..=375).contains(&(w.as_millis() as u64))));
+}
+
+/// What cannot be delivered is announced, under faults: while a subscriber is cut off (its
+/// connection cut, reconnects refused) retention trims its channel; when it comes back —
+/// first by resuming, then, with a 250 ms window, through a failed resume (`expired`) and a
+/// resubscription from its last offset — each offset is either delivered exactly once, in
+/// order, or inside a `gap` frame, and nothing is skipped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_trimmed_while_away_is_announced_as_gap() {
+    let mut env: Vec<_> = SERVER_ENV
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "RETENTION__CHANNEL_MAX_MESSAGES")
+        .collect();
+    env.push(("RETENTION__CHANNEL_MAX_MESSAGES", "20"));
+    env.push(("RETENTION__TRIM_INTERVAL_MS", "100"));
+    let server = Server::start(&env);
+    let proxy = Proxy::start(&server.addr).await;
+    let mut c = Resilient::new(proxy.ws_url(), "gapper", "d");
+    c.connect().await;
+    c.request(Req::Sub { chan: "g".into() }).await;
+    let mut got: Vec<u64> = Vec::new();
+    let mut gaps: Vec<Gap> = Vec::new();
+    let handle = |ev: Option<Ev>, got: &mut Vec<u64>, gaps: &mut Vec<Gap>| match ev {
+        Some(Ev::Msg(m)) => got.push(m.o),
+        Some(Ev::Gap(g)) => gaps.push(g),
+        Some(Ev::Answer(r, Err(e))) => panic!("{r:?}: {e:?}"),
+        _ => {}
+    };
+    let mut n = 0;
+    for round in 0..2 {
+        if round == 1 {
+            // Reconnect once with a 250 ms window: the next outage outlasts it.
+            c.window_ms = Some(250);
+            let before = c.stats.connects;
+            proxy.cut_all();
+            while c.stats.connects == before {
+                let ev = c.step(Duration::from_millis(50)).await;
+                handle(ev, &mut got, &mut gaps);
+            }
+        }
+        // Cut the subscriber off: its connection is cut, new ones are refused.
+        proxy.refuse(true);
+        proxy.cut_all();
+        let cut_at = Instant::now();
+        for _ in 0..100 {
+            n += 1;
+            let (status, v) = server
+                .post(
+                    "/v1/publish",
+                    json!({"to":"chan:g","body":{"k":format!("m{n}")}}),
+                )
+                .await;
+            assert_eq!(status, 200, "{v}");
+        }
+        // Retention keeps the last 20: wait until the rest is gone.
+        server
+            .wait_for("/v1/streams/chan:g", |v| {
+                v["first"].as_u64().is_some_and(|f| f + 19 >= n)
+            })
+            .await;
+        // Outlast the 250 ms reconnect window of round 1 (wall-clock time must pass).
+        tokio::time::sleep_until(cut_at + Duration::from_millis(400)).await;
+        proxy.refuse(false);
+        let deadline = Instant::now() + common::WAIT;
+        while c.last.get("chan:g").copied().unwrap_or(0) < n || !c.ready.is_empty() {
+            assert!(Instant::now() < deadline, "not caught up: {:?}", c.last);
+            let ev = c.step(Duration::from_millis(50)).await;
+            handle(ev, &mut got, &mut gaps);
+        }
+    }
+    // Every offset exactly once: delivered, or announced in a gap.
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+    for o in 1..=n {
+        let delivered = got.contains(&o);
+        let announced = gaps.iter().any(|g| (g.from..=g.to).contains(&o));
+        assert!(
+            delivered ^ announced,
+            "offset {o}: delivered {delivered}, announced {announced}"
+        );
+    }
+    assert_eq!(c.stats.silent_skips, 0);
+    assert!(gaps.len() >= 2, "a gap per outage: {gaps:?}");
+    assert!(c.stats.resume_errors >= 1, "{:?}", c.stats);
+    assert!(c.stats.resumes >= 1, "{:?}", c.stats);
+    proxy.shutdown();
 }

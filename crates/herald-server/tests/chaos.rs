@@ -447,7 +447,8 @@ async fn publisher(
     let mut n = 0u64;
     loop {
         let stopped = *stop.borrow();
-        if stopped && c.pending.is_empty() {
+        // Answers are recorded when their event is taken from `ready`.
+        if stopped && c.pending.is_empty() && c.ready.is_empty() {
             break;
         }
         if !stopped && c.pending.len() < window && Instant::now() >= next_at {
@@ -813,6 +814,11 @@ async fn chaos_publishers_and_subscribers_survive_faults_and_kill9() {
     assert!(problems.is_empty(), "{problems:#?}");
     assert!(faults.total() > 0, "no fault was injected");
     assert!(reconnects > 0, "no client ever reconnected");
+    assert_eq!(
+        oks.len() as u64 + failed,
+        sent,
+        "every publish was answered"
+    );
     assert_eq!(
         failed,
         0,

@@ -1,6 +1,7 @@
 //! Test harness: boots the real `herald` binary on 127.0.0.1:0 with its own data directory,
 //! and speaks real WebSocket frames to it. Waits are on events with timeouts, never sleeps.
 #![allow(dead_code, unreachable_pub)]
+pub mod proxy;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 /// asynchronously).
 async fn eviction_event(s: &Server, session: &str) -> Value {
     let v = s
-        .poll("/v1/events?type=eviction&limit=1000", |v| {
+        .wait_for("/v1/events?type=eviction&limit=1000", |v| {
             v["items"]
                 .as_array()
                 .is_some_and(|items| items.iter().any(|e| e["session"] == session))
@@ -31,7 +31,7 @@ async fn eviction_event(s: &Server, session: &str) -> Value {
 /// All `eviction` events, once there are exactly `n` of them (and never more).
 async fn eviction_events(s: &Server, n: usize) -> Vec<Value> {
     let v = s
-        .poll("/v1/events?type=eviction&limit=1000", |v| {
+        .wait_for("/v1/events?type=eviction&limit=1000", |v| {
             v["items"].as_array().is_some_and(|i| i.len() >= n)
         })
         .await;

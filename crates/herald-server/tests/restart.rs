@@ -202,7 +202,7 @@ fn offsets(msgs: &[Msg], s: &str) -> Vec<u64> {
 }
 
 async fn wait_inbox_acked(s: &Server, id: &str, device: &str) {
-    s.poll(&format!("/v1/messages/{id}"), |v| {
+    s.wait_for(&format!("/v1/messages/{id}"), |v| {
         v["recipients"].as_array().is_some_and(|r| {
             r.iter()
                 .any(|r| r["device"] == device && r["state"] == "acked")

@@ -24,7 +24,7 @@ fn body(m: &Msg) -> Value {
 
 /// Waits until the inbox message `id` is acknowledged by `device` in the durable trace.
 async fn wait_inbox_acked(s: &Server, id: &str, device: &str) {
-    s.poll(&format!("/v1/messages/{id}"), |v| {
+    s.wait_for(&format!("/v1/messages/{id}"), |v| {
         v["recipients"].as_array().is_some_and(|r| {
             r.iter()
                 .any(|r| r["device"] == device && r["state"] == "acked")
@@ -36,7 +36,7 @@ async fn wait_inbox_acked(s: &Server, id: &str, device: &str) {
 /// The `resume_failed` event for `session`, once recorded.
 async fn resume_failed_event(s: &Server, session: &str) -> Value {
     let v = s
-        .poll("/v1/events?type=resume_failed&limit=1000", |v| {
+        .wait_for("/v1/events?type=resume_failed&limit=1000", |v| {
             v["items"]
                 .as_array()
                 .is_some_and(|i| i.iter().any(|e| e["session"] == session))
@@ -183,7 +183,7 @@ async fn resent_requests_are_not_applied_again_and_get_their_original_answer() {
         assert_eq!(c.publish("chan:log", json!({"n": i})).await, i);
     }
     // Cut before reading any answer, but only once the server processed all five.
-    s.poll("/v1/sessions?uid=alice", |v| {
+    s.wait_for("/v1/sessions?uid=alice", |v| {
         v["items"].as_array().is_some_and(|i| {
             i.iter()
                 .any(|x| x["id"] == w.session.as_str() && x["acked_seq"] == 5)
@@ -338,7 +338,7 @@ async fn resume_of_an_unknown_session_or_of_another_uid_is_unknown() {
     let b = expect_resume_error(&s, &w, ResumeError::Unknown).await;
     assert_eq!(b.w().uid, "bob");
     let v = s
-        .poll("/v1/events?type=resume_failed&uid=bob", |v| {
+        .wait_for("/v1/events?type=resume_failed&uid=bob", |v| {
             v["items"].as_array().is_some_and(|i| !i.is_empty())
         })
         .await;
@@ -414,7 +414,7 @@ async fn reconnect_timeout_zero_ends_the_session_at_disconnect() {
     let w = c.w().clone();
     c.cut();
     // No window: the session is closed as soon as the server sees the disconnect.
-    s.poll("/v1/sessions?uid=alice", |v| {
+    s.wait_for("/v1/sessions?uid=alice", |v| {
         v["items"].as_array().is_some_and(|i| i.is_empty())
     })
     .await;
@@ -464,7 +464,7 @@ async fn resume_of_a_kicked_session_gets_evicted_kicked() {
     assert_eq!(e["data"]["reason"], "evicted");
     assert_eq!(e["data"]["evicted"], "kicked");
     let v = s
-        .poll("/v1/events?type=eviction", |v| {
+        .wait_for("/v1/events?type=eviction", |v| {
             v["items"].as_array().is_some_and(|i| !i.is_empty())
         })
         .await;

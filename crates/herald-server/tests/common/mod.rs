@@ -568,21 +568,6 @@ impl Client {
 
 /// Polling helpers for state that is only observable over HTTP (sessions, events, metrics).
 impl Server {
-    /// GETs `path` until `pred` holds for the JSON answer (or panics after [`WAIT`]).
-    pub async fn poll(&self, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (status, v) = self.get(path).await;
-            if status == 200 && pred(&v) {
-                return v;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("GET {path}: condition not met within {WAIT:?}; last answer {status} {v}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// The `/v1/sessions?uid=` entry of session `id`, if open.
     pub async fn session_info(&self, uid: &str, id: &str) -> Option<Value> {
         let (_, v) = self.get(&format!("/v1/sessions?uid={uid}")).await;
@@ -594,7 +579,7 @@ impl Server {
     /// Waits until the server has noticed that session `id` has no connection any more
     /// (state `disconnected`, or closed and gone from the list).
     pub async fn wait_detached(&self, uid: &str, id: &str) {
-        self.poll(&format!("/v1/sessions?uid={uid}"), |v| {
+        self.wait_for(&format!("/v1/sessions?uid={uid}"), |v| {
             v["items"]
                 .as_array()
                 .and_then(|items| items.iter().find(|s| s["id"] == id))

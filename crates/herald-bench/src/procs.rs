@@ -1,0 +1,96 @@
+//! Starting and stopping the processes under test: a child that is killed when dropped, free
+//! loopback ports, waiting for a port to accept, and the exact install line for a missing peer.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout/stderr to `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> anyhow::Result<Proc> {
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))
+            .with_context(|| format!("create log file for {name}"))?;
+        let log2 = log.try_clone()?;
+        cmd.stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough on a quiet loopback).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Waits until `addr` accepts a TCP connection, or fails after `timeout`, naming `what`.
+pub async fn wait_for_port(addr: SocketAddr, timeout: Duration, what: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{what} did not accept connections on {addr} within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Finds `binary` on PATH (or in /usr/sbin, where Debian puts some daemons); if missing, the
+/// error carries the exact `apt-get install` line.
+pub fn require_binary(binary: &str, debian_package: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain(["/usr/sbin".into(), "/usr/bin".into()]) {
+        let candidate = dir.join(binary);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{binary} is not installed; install it with: sudo apt-get install -y {debian_package}")
+}

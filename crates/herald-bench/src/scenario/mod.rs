@@ -1,0 +1,2 @@
+//! Scenarios: each runs its workload against one or more [`crate::model::System`]s and
+//! returns rows for the report.

@@ -1,0 +1,2 @@
+//! The systems under test. Each file owns one system: how to start it, and how scenario
+//! traffic is sent and received through it.

@@ -94,3 +94,83 @@ pub fn require_binary(binary: &str, debian_package: &str) -> anyhow::Result<std:
     }
     bail!("{binary} is not installed; install it with: sudo apt-get install -y {debian_package}")
 }
+
+/// A running `herald serve --dev` process on a free loopback port.
+pub struct Herald {
+    pub proc: Proc,
+    /// `127.0.0.1:PORT`
+    pub addr: SocketAddr,
+}
+
+impl Herald {
+    /// The `herald` binary: `$HERALD_BIN`, else next to this executable (cargo puts both in
+    /// `target/release`); the error says how to build it.
+    pub fn binary() -> anyhow::Result<std::path::PathBuf> {
+        if let Some(p) = std::env::var_os("HERALD_BIN") {
+            return Ok(p.into());
+        }
+        let exe = std::env::current_exe()?;
+        let candidate = exe.with_file_name("herald");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        bail!(
+            "no herald binary next to {}; build it with `cargo build --release -p herald-server` \
+             (or set HERALD_BIN)",
+            exe.display()
+        )
+    }
+
+    /// Starts herald on `data_dir` with `HERALD_<SECTION>__<KEY>` overrides such as
+    /// `("STORAGE__DURABILITY", "fsync")`; the per-connection request rate limit is off (a
+    /// benchmark publisher is one heavy backend). Returns once it accepts connections.
+    pub async fn start(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Herald> {
+        let port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let mut cmd = Command::new(Herald::binary()?);
+        cmd.arg("serve")
+            .arg("--dev")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("HERALD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .env("HERALD_LIMITS__REQUESTS_PER_SEC", "0");
+        for (k, v) in env {
+            cmd.env(format!("HERALD_{k}"), v);
+        }
+        let proc = Proc::spawn("herald", cmd, log_dir)?;
+        wait_for_port(addr, Duration::from_secs(120), "herald").await?;
+        Ok(Herald { proc, addr })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Resident memory of the server process in KiB (VmRSS from /proc/<pid>/status).
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        rss_kib(self.proc.pid())
+    }
+}
+
+/// VmRSS of `pid` in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}

@@ -1,10 +1,14 @@
-//! Chaos suite: publishers and subscribers speak the real protocol to a real server through a
-//! fault-injecting proxy (cuts, half-open stalls longer than the heartbeat, latency, throttling,
-//! refused connections) plus one kill -9 and restart of the server mid-stream. The clients here
-//! are small resilient protocol clients (reconnect + resume, resend, dedupe by offset, ack);
-//! the assertion is the server's half of the promise: every `ok`'d message reaches every
-//! intended receiver exactly once in per-stream order, nothing is stored twice, and whatever
-//! cannot be delivered is announced.
+//! Chaos suite: publishers and subscribers talk to a real server through a fault-injecting
+//! proxy (cuts, half-open stalls longer than the heartbeat, latency, throttling, refused
+//! connections) plus a kill -9 and restart of the server mid-stream. The scenario runs twice:
+//! - with `herald-client` SDK clients, as an application uses them (the test never resends or
+//!   dedupes; that is the SDK's job): the whole promise;
+//! - with this file's small resilient protocol clients (reconnect + resume, resend, dedupe by
+//!   offset, ack): the server's half alone, so a failure points at server or SDK.
+//!
+//! The verdict: every `ok`'d message reaches every intended receiver exactly once in
+//! per-stream order, nothing is stored twice (the history API), and whatever cannot be
+//! delivered is announced (`gap` / `Gap`).
 //!
 //! `HERALD_CHAOS_SECS` (default 5) sets how long faults are injected, `HERALD_CHAOS_SEED`
 //! (default 42) the fault schedule and workload; `scripts/soak` runs this for minutes.
@@ -16,7 +20,9 @@ use std::time::Duration;
 
 use common::proxy::{Chaos, Fault, Proxy};
 use common::Server;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
+use herald_client::{Client, ConnectionEvent};
 use herald_protocol::decode::decode_server_frame;
 use herald_protocol::{ErrFrame, Gap, Msg, OkFrame, ServerFrame, Welcome};
 use rand::rngs::StdRng;
@@ -497,7 +503,8 @@ struct SubReport {
     uid: String,
     /// Per stream key as delivered (`chan:x` / `inbox`), the (offset, marker) handled in order.
     got: HashMap<String, Vec<(u64, String)>>,
-    gaps: Vec<Gap>,
+    /// Announced gaps: (stream, from, to).
+    gaps: Vec<(String, u64, u64)>,
     stats: Stats,
     /// The targets were not all reached before the deadline.
     timed_out: bool,
@@ -547,7 +554,7 @@ async fn subscriber(
                     let k = body["k"].as_str().unwrap_or("?").to_string();
                     report.got.entry(m.s.clone()).or_default().push((m.o, k));
                 }
-                Some(Ev::Gap(g)) => report.gaps.push(g),
+                Some(Ev::Gap(g)) => report.gaps.push((g.s, g.from, g.to)),
                 Some(Ev::Answer(req, Err(e))) => panic!("{}: {req:?} failed: {e:?}", report.uid),
                 Some(Ev::Answer(_, Ok(_))) | None => {}
             },
@@ -556,6 +563,196 @@ async fn subscriber(
     }
     c.bye().await;
     report.stats = c.stats;
+    report
+}
+
+/// Connects an SDK client, retrying while the network is faulty (as an application would: the
+/// first connection has no session to keep yet).
+async fn sdk_connect(url: &str, uid: &str, window_ms: Option<u64>) -> Client {
+    loop {
+        let mut b = Client::builder(url).dev_uid(uid).device("d");
+        if let Some(ms) = window_ms {
+            b = b.reconnect_timeout(Duration::from_millis(ms));
+        }
+        match b.connect().await {
+            Ok(c) => return c,
+            Err(e) => {
+                if debug() {
+                    eprintln!("{uid}: first connect failed: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Counts an SDK connection event into `stats`.
+fn count_event(uid: &str, stats: &mut Stats, ev: &ConnectionEvent) {
+    if debug() {
+        eprintln!("{uid}: {ev:?}");
+    }
+    match ev {
+        ConnectionEvent::Connected { resumed } => {
+            stats.connects += 1;
+            if *resumed {
+                stats.resumes += 1;
+            }
+        }
+        ConnectionEvent::ResumeFailed { .. } => stats.resume_errors += 1,
+        ConnectionEvent::Gap { from, to, .. } => stats.gap_offsets += to - from + 1,
+        ConnectionEvent::Evicted { .. } => stats.evictions += 1,
+        _ => {}
+    }
+}
+
+/// An SDK publisher: up to 16 `publish` calls in flight, one started every 8 ms, each recorded
+/// when it resolves. Nothing is resent by the test: recovery is the SDK's job.
+async fn sdk_publisher(
+    url: String,
+    idx: usize,
+    seed: u64,
+    targets: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+) -> PubReport {
+    let mut rng = StdRng::seed_from_u64(seed ^ (idx as u64).wrapping_mul(0x9E37_79B9));
+    let uid = format!("pub{idx}");
+    let client = sdk_connect(&url, &uid, short_window(idx)).await;
+    let mut events = client.events().expect("events are taken once");
+    let events_uid = uid.clone();
+    let counted = tokio::spawn(async move {
+        let mut stats = Stats::default();
+        while let Some(ev) = events.recv().await {
+            count_event(&events_uid, &mut stats, &ev);
+        }
+        stats
+    });
+    let mut report = PubReport::default();
+    let window = 16;
+    let every = Duration::from_millis(8);
+    let mut next_at = Instant::now();
+    let mut n = 0u64;
+    let mut inflight = FuturesUnordered::new();
+    loop {
+        let stopped = *stop.borrow();
+        if stopped && inflight.is_empty() {
+            break;
+        }
+        if !stopped && inflight.len() < window && Instant::now() >= next_at {
+            n += 1;
+            let key = format!("p{idx}-{n}");
+            let to = targets[rng.random_range(0..targets.len())].clone();
+            let body = json!({"k": key, "p": idx, "n": n});
+            let c = client.clone();
+            inflight.push(async move {
+                let res = c.publish(&to, body).await;
+                (key, to, res)
+            });
+            report.sent += 1;
+            next_at += every;
+            continue;
+        }
+        tokio::select! {
+            Some((key, to, res)) = inflight.next(), if !inflight.is_empty() => match res {
+                Ok(p) => {
+                    let stream = match to.strip_prefix("user:") {
+                        Some(uid) => format!("inbox:{uid}"),
+                        None => p.stream.clone(),
+                    };
+                    if p.dup {
+                        report.stats.bare_dups += 1;
+                    }
+                    report.ok.push(Published { key, stream, o: p.offset });
+                }
+                Err(e) => report.failed.push((key, e.to_string())),
+            },
+            _ = tokio::time::sleep_until(next_at), if !stopped && inflight.len() < window => {}
+            _ = stop.changed(), if !stopped => {}
+        }
+    }
+    client.close().await;
+    let dups = report.stats.bare_dups;
+    report.stats = counted.await.expect("event counter");
+    // For the SDK this counts publishes answered as a resend of an already stored id.
+    report.stats.bare_dups = dups;
+    report
+}
+
+/// An SDK subscriber: takes deliveries and events as an application would, until every stream
+/// reached its target offset (delivered, or announced by a `Gap` event).
+async fn sdk_subscriber(
+    url: String,
+    uid: String,
+    chans: Vec<String>,
+    mut targets: watch::Receiver<Option<HashMap<String, HashMap<String, u64>>>>,
+) -> SubReport {
+    let idx = uid.trim_start_matches("sub").parse().unwrap_or(0);
+    let client = sdk_connect(&url, &uid, short_window(idx)).await;
+    let mut deliveries = client.deliveries().expect("deliveries are taken once");
+    let mut events = client.events().expect("events are taken once");
+    // Subscribing waits for answers while deliveries keep flowing.
+    let subscribing = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            for chan in chans {
+                c.subscribe(&chan, Some(0)).await?;
+            }
+            Ok::<_, herald_client::Error>(())
+        })
+    };
+    let mut report = SubReport {
+        uid,
+        ..Default::default()
+    };
+    // Per stream, the highest offset delivered or announced.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let t = targets
+            .borrow()
+            .as_ref()
+            .map(|all| all[&report.uid].clone());
+        if let Some(t) = t {
+            let done = t
+                .iter()
+                .all(|(s, o)| last.get(s).copied().unwrap_or(0) >= *o);
+            if done && subscribing.is_finished() {
+                break;
+            }
+            let d = *deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
+            if Instant::now() >= d {
+                report.timed_out = true;
+                break;
+            }
+        }
+        tokio::select! {
+            d = deliveries.recv() => {
+                let Some(d) = d else {
+                    panic!("{}: the client stopped: {:?}", report.uid, client.stopped());
+                };
+                let k = d.body["k"].as_str().unwrap_or("?").to_string();
+                let l = last.entry(d.stream.clone()).or_default();
+                *l = (*l).max(d.offset);
+                report.got.entry(d.stream).or_default().push((d.offset, k));
+            }
+            Some(ev) = events.recv() => {
+                count_event(&report.uid, &mut report.stats, &ev);
+                if let ConnectionEvent::Gap { stream, from, to } = ev {
+                    let l = last.entry(stream.clone()).or_default();
+                    *l = (*l).max(to);
+                    report.gaps.push((stream, from, to));
+                }
+            }
+            _ = targets.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    if let Err(e) = subscribing.await.expect("subscribe task") {
+        panic!("{}: subscribe failed: {e}", report.uid);
+    }
+    client.close().await;
+    while let Some(ev) = events.recv().await {
+        count_event(&report.uid, &mut report.stats, &ev);
+    }
     report
 }
 
@@ -599,10 +796,30 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// N publishers and M subscribers over two channels and the subscribers' inboxes, random
-/// faults for `HERALD_CHAOS_SECS`, one kill -9 + restart of the server halfway through.
+/// Which clients the chaos scenario drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// The SDK (`herald-client`), as an application uses it: the whole promise, both halves.
+    Sdk,
+    /// This file's raw protocol client: the server's half, frame by frame.
+    Raw,
+}
+
+/// N publishers and M subscribers over two channels and the subscribers' inboxes, all of them
+/// `herald-client` SDK clients, random faults for `HERALD_CHAOS_SECS`, one kill -9 + restart of
+/// the server per started minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_sdk_clients_survive_faults_and_kill9() {
+    run_chaos(Clients::Sdk).await;
+}
+
+/// The same scenario with raw protocol clients, so a failure can be told apart: server or SDK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_publishers_and_subscribers_survive_faults_and_kill9() {
+    run_chaos(Clients::Raw).await;
+}
+
+async fn run_chaos(clients: Clients) {
     let secs = env_u64("HERALD_CHAOS_SECS", 5);
     let seed = env_u64("HERALD_CHAOS_SEED", 42);
     let (n_pub, n_sub) = (3usize, 3usize);
@@ -619,25 +836,38 @@ async fn chaos_publishers_and_subscribers_survive_faults_and_kill9() {
     let (tgt_tx, tgt_rx) = watch::channel(None);
     let sub_tasks: Vec<_> = subs
         .iter()
-        .map(|u| {
-            tokio::spawn(subscriber(
+        .map(|u| match clients {
+            Clients::Sdk => tokio::spawn(sdk_subscriber(
                 url.clone(),
                 u.clone(),
                 chans.clone(),
                 tgt_rx.clone(),
-            ))
+            )),
+            Clients::Raw => tokio::spawn(subscriber(
+                url.clone(),
+                u.clone(),
+                chans.clone(),
+                tgt_rx.clone(),
+            )),
         })
         .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let pub_tasks: Vec<_> = (0..n_pub)
-        .map(|i| {
-            tokio::spawn(publisher(
+        .map(|i| match clients {
+            Clients::Sdk => tokio::spawn(sdk_publisher(
                 url.clone(),
                 i,
                 seed,
                 targets.clone(),
                 stop_rx.clone(),
-            ))
+            )),
+            Clients::Raw => tokio::spawn(publisher(
+                url.clone(),
+                i,
+                seed,
+                targets.clone(),
+                stop_rx.clone(),
+            )),
         })
         .collect();
 
@@ -758,7 +988,7 @@ async fn chaos_publishers_and_subscribers_survive_faults_and_kill9() {
         let announced_in = |s: &str, o: u64| {
             r.gaps
                 .iter()
-                .any(|g| g.s == s && (g.from..=g.to).contains(&o))
+                .any(|(gs, from, to)| gs == s && (*from..=*to).contains(&o))
         };
         for p in &oks {
             let s = match p.stream.strip_prefix("inbox:") {
@@ -775,11 +1005,19 @@ async fn chaos_publishers_and_subscribers_survive_faults_and_kill9() {
             eprintln!("{}: never received {p:?}", r.uid);
             lost += 1;
         }
+        if r.stats.evictions > 0 {
+            problems.push(format!("{} was evicted", r.uid));
+        }
         if r.stats.silent_skips > 0 {
             problems.push(format!(
                 "{}: {} offsets skipped without a gap",
                 r.uid, r.stats.silent_skips
             ));
+        }
+    }
+    for p in &pubs {
+        if p.stats.evictions > 0 {
+            problems.push("a publisher was evicted".to_string());
         }
     }
     let faults = proxy.faults();
@@ -799,7 +1037,7 @@ async fn chaos_publishers_and_subscribers_survive_faults_and_kill9() {
     let bare_dups: u64 = pubs.iter().map(|p| p.stats.bare_dups).sum();
     proxy.shutdown();
 
-    println!("chaos: seed {seed}, {secs} s of faults, {n_pub} publishers, {n_sub} subscribers, ran {:.1} s", started.elapsed().as_secs_f64());
+    println!("chaos ({clients:?} clients): seed {seed}, {secs} s of faults, {n_pub} publishers, {n_sub} subscribers, ran {:.1} s", started.elapsed().as_secs_f64());
     println!(
         "reconnects: {reconnects}, resume errors: {resume_errors}, gaps announced (offsets): {announced}, \
          redeliveries dropped by offset: {redelivered}, answers forgotten (re-published by id): {bare_dups}"

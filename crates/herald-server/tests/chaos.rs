@@ -1040,7 +1040,7 @@ async fn run_chaos(clients: Clients) {
     println!("chaos ({clients:?} clients): seed {seed}, {secs} s of faults, {n_pub} publishers, {n_sub} subscribers, ran {:.1} s", started.elapsed().as_secs_f64());
     println!(
         "reconnects: {reconnects}, resume errors: {resume_errors}, gaps announced (offsets): {announced}, \
-         redeliveries dropped by offset: {redelivered}, answers forgotten (re-published by id): {bare_dups}"
+         redeliveries dropped by offset: {redelivered}, publishes answered as dups of a stored id: {bare_dups}"
     );
     println!("publish ok: {}, publish err: {failed}", oks.len());
     println!("sent: {sent}");

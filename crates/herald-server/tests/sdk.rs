@@ -8,130 +8,19 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::proxy::Proxy;
 use common::Server;
 use herald_client::{
     Client, ConnectionEvent, Deliveries, Delivery, Error, Events, EvictReason, FileDeviceStore,
     ReconnectStrategy,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Open proxied connections, each with its stall switch.
-type Conns = Arc<Mutex<Vec<(JoinHandle<()>, Arc<AtomicBool>)>>>;
-
-/// A TCP proxy between SDK clients and the server: cut every connection, stall them silently
-/// (half-open), refuse new ones (network down), or point it at a restarted server.
-struct Proxy {
-    addr: String,
-    upstream: Arc<Mutex<String>>,
-    conns: Conns,
-    down: Arc<AtomicBool>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let upstream = Arc::new(Mutex::new(upstream.to_string()));
-        let conns: Conns = Arc::default();
-        let down = Arc::new(AtomicBool::new(false));
-        let (u, c, d) = (upstream.clone(), conns.clone(), down.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                if d.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let target = u.lock().unwrap().clone();
-                let Ok(outbound) = TcpStream::connect(&target).await else {
-                    continue;
-                };
-                let stall = Arc::new(AtomicBool::new(false));
-                let s2 = stall.clone();
-                let h = tokio::spawn(async move {
-                    let (ri, wi) = inbound.into_split();
-                    let (ro, wo) = outbound.into_split();
-                    tokio::select! {
-                        _ = pump(ri, wo, s2.clone()) => {}
-                        _ = pump(ro, wi, s2) => {}
-                    }
-                });
-                c.lock().unwrap().push((h, stall));
-            }
-        });
-        Proxy {
-            addr,
-            upstream,
-            conns,
-            down,
-            accept,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/v1/ws", self.addr)
-    }
-
-    /// Drops every open connection (both sockets close at once).
-    fn cut(&self) {
-        for (h, _) in self.conns.lock().unwrap().drain(..) {
-            h.abort();
-        }
-    }
-
-    /// Stops forwarding on every open connection without closing it (half-open).
-    fn stall(&self) {
-        for (_, s) in self.conns.lock().unwrap().iter() {
-            s.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// While down, new connections are closed at once.
-    fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-    }
-
-    fn set_upstream(&self, addr: &str) {
-        *self.upstream.lock().unwrap() = addr.to_string();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
-
-async fn pump(
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    stall: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while stall.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if w.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
 
 fn builder(url: &str, uid: &str) -> herald_client::ClientBuilder {
     Client::builder(url)
@@ -281,7 +170,7 @@ async fn offline_inbox_is_delivered_on_connect_in_order() {
 async fn network_cut_resumes_with_nothing_lost_or_duplicated() {
     let s = Server::start(&[]);
     let proxy = Proxy::start(&s.addr).await;
-    let (alice, mut ad, mut ae) = connect(&proxy.url(), "alice", "a1").await;
+    let (alice, mut ad, mut ae) = connect(&proxy.ws_url(), "alice", "a1").await;
     let (bob, _bd, _be) = connect(&s.ws_url(), "bob", "b1").await;
     alice.subscribe("room", None).await.unwrap();
     wait_event(&mut ae, |e| {
@@ -301,7 +190,7 @@ async fn network_cut_resumes_with_nothing_lost_or_duplicated() {
             tokio::spawn(async move { a.publish("chan:out", json!(i)).await })
         })
         .collect();
-    proxy.cut();
+    proxy.cut_all();
     for i in 11..=20 {
         bob.publish("chan:room", json!(i)).await.unwrap();
         bob.publish("user:alice", json!(i)).await.unwrap();
@@ -344,7 +233,7 @@ async fn network_cut_resumes_with_nothing_lost_or_duplicated() {
 async fn half_open_connection_is_detected_by_the_heartbeat_watchdog() {
     let s = Server::start(&[("SESSION__HEARTBEAT_MS", "300")]);
     let proxy = Proxy::start(&s.addr).await;
-    let alice = builder(&proxy.url(), "alice")
+    let alice = builder(&proxy.ws_url(), "alice")
         .device("a1")
         .heartbeat_grace(Duration::from_millis(300))
         .connect()
@@ -356,7 +245,7 @@ async fn half_open_connection_is_detected_by_the_heartbeat_watchdog() {
         *e == ConnectionEvent::Connected { resumed: false }
     })
     .await;
-    proxy.stall();
+    proxy.stall(Duration::from_secs(60));
     http_publish(&s, "user:alice", json!("during the stall")).await;
     let seen = wait_event(&mut ae, |e| {
         *e == ConnectionEvent::Connected { resumed: true }
@@ -375,7 +264,7 @@ async fn half_open_connection_is_detected_by_the_heartbeat_watchdog() {
 async fn resume_after_server_restart() {
     let mut s = Server::start(&[]);
     let proxy = Proxy::start(&s.addr).await;
-    let (alice, mut ad, mut ae) = connect(&proxy.url(), "alice", "a1").await;
+    let (alice, mut ad, mut ae) = connect(&proxy.ws_url(), "alice", "a1").await;
     alice.subscribe("room", None).await.unwrap();
     http_publish(&s, "chan:room", json!(1)).await;
     let mut got = take(&mut ad, 1).await;
@@ -407,7 +296,7 @@ async fn resume_after_server_restart() {
 async fn resume_failed_resubscribes_and_replays_what_was_missed() {
     let s = Server::start(&[]);
     let proxy = Proxy::start(&s.addr).await;
-    let alice = builder(&proxy.url(), "alice")
+    let alice = builder(&proxy.ws_url(), "alice")
         .device("a1")
         .reconnect_timeout(Duration::from_millis(1))
         .connect()
@@ -421,8 +310,8 @@ async fn resume_failed_resubscribes_and_replays_what_was_missed() {
     }
     let mut got = take(&mut ad, 3).await;
 
-    proxy.set_down(true);
-    proxy.cut();
+    proxy.refuse(true);
+    proxy.cut_all();
     wait_event(&mut ae, |e| {
         matches!(e, ConnectionEvent::Reconnecting { .. })
     })
@@ -433,7 +322,7 @@ async fn resume_failed_resubscribes_and_replays_what_was_missed() {
     // A publish made while disconnected waits in the buffer and is sent to the new session.
     let a = alice.clone();
     let queued = tokio::spawn(async move { a.publish("chan:room", json!("queued")).await });
-    proxy.set_down(false);
+    proxy.refuse(false);
     let seen = wait_event(&mut ae, |e| {
         matches!(e, ConnectionEvent::ResumeFailed { .. })
     })
@@ -463,7 +352,7 @@ async fn resume_failed_reports_a_gap_for_what_retention_trimmed() {
         ("RETENTION__TRIM_INTERVAL_MS", "100"),
     ]);
     let proxy = Proxy::start(&s.addr).await;
-    let alice = builder(&proxy.url(), "alice")
+    let alice = builder(&proxy.ws_url(), "alice")
         .device("a1")
         .reconnect_timeout(Duration::ZERO)
         .connect()
@@ -476,8 +365,8 @@ async fn resume_failed_reports_a_gap_for_what_retention_trimmed() {
     http_publish(&s, "chan:room", json!(2)).await;
     let mut got = take(&mut ad, 2).await;
 
-    proxy.set_down(true);
-    proxy.cut();
+    proxy.refuse(true);
+    proxy.cut_all();
     wait_event(&mut ae, |e| {
         matches!(e, ConnectionEvent::Reconnecting { .. })
     })
@@ -487,7 +376,7 @@ async fn resume_failed_reports_a_gap_for_what_retention_trimmed() {
     }
     s.wait_for("/v1/streams/chan:room", |v| v["first"] == json!(6))
         .await;
-    proxy.set_down(false);
+    proxy.refuse(false);
     // reconnect_timeout 0: no resume is asked; the new session recovers the same way.
     let seen = wait_event(&mut ae, |e| matches!(e, ConnectionEvent::Gap { .. })).await;
     assert_eq!(
@@ -556,7 +445,7 @@ async fn eviction_by_a_twin_stops_the_client_without_reconnecting() {
 async fn a_full_recovery_buffer_makes_publish_wait_until_the_server_is_back() {
     let mut s = Server::start(&[]);
     let proxy = Proxy::start(&s.addr).await;
-    let alice = builder(&proxy.url(), "alice")
+    let alice = builder(&proxy.ws_url(), "alice")
         .device("a1")
         .recovery_buffer(2)
         .connect()
@@ -725,15 +614,15 @@ async fn a_refused_login_fails_connect() {
 async fn a_session_replaced_while_disconnected_learns_it_on_resume_and_stops() {
     let s = Server::start(&[("IDENTITY__POLICY", "single")]);
     let proxy = Proxy::start(&s.addr).await;
-    let (first, _fd, mut fe) = connect(&proxy.url(), "gus", "g1").await;
-    proxy.set_down(true);
-    proxy.cut();
+    let (first, _fd, mut fe) = connect(&proxy.ws_url(), "gus", "g1").await;
+    proxy.refuse(true);
+    proxy.cut_all();
     wait_event(&mut fe, |e| {
         matches!(e, ConnectionEvent::Reconnecting { .. })
     })
     .await;
     let (_second, _sd, _se) = connect(&s.ws_url(), "gus", "g2").await;
-    proxy.set_down(false);
+    proxy.refuse(false);
     let seen = wait_event(&mut fe, |e| matches!(e, ConnectionEvent::Evicted { .. })).await;
     assert!(
         matches!(
@@ -763,8 +652,8 @@ async fn a_session_replaced_while_disconnected_learns_it_on_resume_and_stops() {
 async fn repeated_cuts_during_traffic_lose_and_duplicate_nothing() {
     let s = Server::start(&[]);
     let proxy = Proxy::start(&s.addr).await;
-    let (alice, _ad, _ae) = connect(&proxy.url(), "alice", "a1").await;
-    let (bob, mut bd, mut be) = connect(&proxy.url(), "bob", "b1").await;
+    let (alice, _ad, _ae) = connect(&proxy.ws_url(), "alice", "a1").await;
+    let (bob, mut bd, mut be) = connect(&proxy.ws_url(), "bob", "b1").await;
     bob.subscribe("r", None).await.unwrap();
     const N: u64 = 200;
     let publisher = tokio::spawn(async move {
@@ -778,7 +667,7 @@ async fn repeated_cuts_during_traffic_lose_and_duplicate_nothing() {
     let mut cuts = 0;
     while !publisher.is_finished() && cuts < 10 {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        proxy.cut();
+        proxy.cut_all();
         cuts += 1;
     }
     let published = timeout(WAIT, publisher).await.unwrap().unwrap();

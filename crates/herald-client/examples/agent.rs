@@ -9,10 +9,10 @@
 //! herald serve --dev &
 //! cargo run -p herald-client --example agent -- 0 2     # instance 0 of 2
 //! cargo run -p herald-client --example agent -- 1 2     # instance 1 of 2
-//! curl -XPOST localhost:8080/v1/publish -H 'content-type: application/json' -d '{"to":"user:agent","from":"carol","body":{"ask":"ping"}}'
+//! curl -XPOST localhost:7070/v1/publish -H 'content-type: application/json' -d '{"to":"user:agent","from":"carol","body":{"ask":"ping"}}'
 //! ```
 //! Each instance keeps its device id in `./.herald-agent-<i>`. `HERALD_URL` overrides the
-//! server URL (default `ws://127.0.0.1:8080/v1/ws`).
+//! server URL (default `ws://127.0.0.1:7070/v1/ws`).
 
 use herald_client::{Client, ConnectionEvent, FileDeviceStore};
 use serde_json::json;
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "1".into())
         .parse::<u64>()?
         .max(1);
-    let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "ws://127.0.0.1:8080/v1/ws".into());
+    let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "ws://127.0.0.1:7070/v1/ws".into());
     let client = Client::builder(url)
         .dev_uid("agent")
         .device_store(FileDeviceStore::new(format!(".herald-agent-{instance}")))

@@ -8,7 +8,7 @@
 //! cargo run -p herald-client --example chat -- alice lobby
 //! cargo run -p herald-client --example chat -- bob lobby
 //! ```
-//! `HERALD_URL` overrides the server URL (default `ws://127.0.0.1:8080/v1/ws`). The device id
+//! `HERALD_URL` overrides the server URL (default `ws://127.0.0.1:7070/v1/ws`). The device id
 //! is kept in `./.herald-chat-<uid>`, so a restarted client keeps its place in the room.
 
 use herald_client::{Client, ConnectionEvent, FileDeviceStore};
@@ -20,7 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let uid = args.next().unwrap_or_else(|| "alice".into());
     let room = args.next().unwrap_or_else(|| "lobby".into());
-    let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "ws://127.0.0.1:8080/v1/ws".into());
+    let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "ws://127.0.0.1:7070/v1/ws".into());
     let client = Client::builder(url)
         .dev_uid(&uid)
         .device_store(FileDeviceStore::new(format!(".herald-chat-{uid}")))

@@ -9,14 +9,14 @@
 //! ```
 //! Both processes keep their device id in `./.herald-twin-<uid>` (as two copies of one
 //! installation would), so the second login replaces the first session of that device.
-//! `HERALD_URL` overrides the server URL (default `ws://127.0.0.1:8080/v1/ws`).
+//! `HERALD_URL` overrides the server URL (default `ws://127.0.0.1:7070/v1/ws`).
 
 use herald_client::{Client, ConnectionEvent, FileDeviceStore};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let uid = std::env::args().nth(1).unwrap_or_else(|| "alice".into());
-    let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "ws://127.0.0.1:8080/v1/ws".into());
+    let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "ws://127.0.0.1:7070/v1/ws".into());
     let client = Client::builder(url)
         .dev_uid(&uid)
         .device_store(FileDeviceStore::new(format!(".herald-twin-{uid}")))

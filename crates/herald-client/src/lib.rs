@@ -14,7 +14,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), herald_client::Error> {
 //! use herald_client::Client;
-//! let client = Client::builder("ws://127.0.0.1:8080/v1/ws").dev_uid("alice").connect().await?;
+//! let client = Client::builder("ws://127.0.0.1:7070/v1/ws").dev_uid("alice").connect().await?;
 //! let mut deliveries = client.deliveries().expect("taken once");
 //! client.subscribe("room1", None).await?;
 //! client.publish("chan:room1", serde_json::json!({"text": "hi"})).await?;
@@ -425,7 +425,7 @@ pub struct Client {
 }
 
 impl Client {
-    /// Starts building a client for `url` (e.g. `ws://host:8080/v1/ws`).
+    /// Starts building a client for `url` (e.g. `ws://host:7070/v1/ws`).
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             url: url.into(),

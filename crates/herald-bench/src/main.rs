@@ -207,13 +207,17 @@ async fn run_all(cli: &Cli, out: &Path) -> anyhow::Result<()> {
         match run_scenario(cli, s, out).await {
             Ok(sec) => sections.push((sec, t.elapsed())),
             Err(e) => {
-                eprintln!("herald-bench: scenario failed: {e:#}");
+                let msg = format!("{e:#}");
+                // A scenario not built in yet is a skip, not a failure.
+                let failed = usize::from(!msg.contains("not built into this herald-bench"));
+                eprintln!("herald-bench: scenario failed: {msg}");
                 let name = format!("{s:?}");
                 let name = name.split('(').next().unwrap_or("scenario").to_string();
                 sections.push((
                     Section {
                         title: name,
-                        markdown: format!("Not measured: {e:#}\n"),
+                        markdown: format!("Not measured: {msg}\n"),
+                        failures: failed,
                     },
                     t.elapsed(),
                 ));
@@ -249,6 +253,13 @@ async fn run_all(cli: &Cli, out: &Path) -> anyhow::Result<()> {
     let path = out.join("report.md");
     std::fs::write(&path, md).with_context(|| format!("write {}", path.display()))?;
     println!("\nreport: {}", path.display());
+    let failures: usize = sections.iter().map(|(s, _)| s.failures).sum();
+    if failures > 0 {
+        anyhow::bail!(
+            "{failures} failed measurement(s) or herald runs with lost/duplicate messages; see {}",
+            path.display()
+        );
+    }
     Ok(())
 }
 

@@ -277,6 +277,9 @@ pub fn write_json(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
 pub struct Section {
     pub title: String,
     pub markdown: String,
+    /// Measurements that failed, plus herald runs that lost or duplicated messages; `all`
+    /// exits non-zero when any scenario has some (after writing the report).
+    pub failures: usize,
 }
 
 fn first_line(cmd: &str, args: &[&str]) -> String {

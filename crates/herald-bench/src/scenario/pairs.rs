@@ -358,7 +358,12 @@ pub async fn run(common: &Common, opts: &PairsOpts, out: &Path) -> anyhow::Resul
     for f in &failures {
         md.push_str(&format!("- failed: {f}\n"));
     }
+    let bad_herald = medians
+        .iter()
+        .filter(|m| m.system.starts_with("herald") && (m.lost > 0 || m.duplicates > 0))
+        .count();
     Ok(Section {
+        failures: failures.len() + bad_herald,
         title: "1:1 acknowledged messaging (pairs)".into(),
         markdown: md,
     })

@@ -142,6 +142,7 @@ fn json_section(title: &str, file: &str, v: &serde_json::Value) -> Section {
     Section {
         title: title.into(),
         markdown,
+        failures: 0,
     }
 }
 

@@ -272,7 +272,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let out = cli.common.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
-    match &cli.cmd {
+    let r = match &cli.cmd {
         Cmd::All => run_all(&cli, &out).await,
         cmd => {
             let s = run_scenario(&cli, cmd, &out).await?;
@@ -285,5 +285,8 @@ async fn main() -> anyhow::Result<()> {
             )?;
             Ok(())
         }
-    }
+    };
+    // Per-measurement directories are removed after success; drop their parent if empty.
+    let _ = std::fs::remove_dir(out.join("work"));
+    r
 }

@@ -343,8 +343,12 @@ pub async fn run(common: &Common, opts: &PairsOpts, out: &Path) -> anyhow::Resul
     let mut md = String::new();
     md.push_str(&format!(
         "Each pair: a publisher connection sending to its own subscriber, {} s per measurement, \
-         window {} at saturation; e2e latency from the intended send time to receipt. JSON: \
-         [pairs.json](pairs.json).\n\n",
+         window {} unanswered publishes per publisher at saturation. Publishers pipeline: every \
+         publish due at one wake-up goes into one WebSocket message; fixed rates are paced by a \
+         100 µs OS-thread tick. Subscribers ack cumulatively once per WebSocket message read. \
+         e2e latency runs from the intended (scheduled) send time to receipt, so a stalled \
+         sender is not hidden; lost = acknowledged but not received within 10 s after the last \
+         answer. JSON: [pairs.json](pairs.json).\n\n",
         opts.seconds, opts.window
     ));
     md.push_str(&table.markdown());

@@ -159,3 +159,11 @@ pub async fn measure<T>(
         }
     }
 }
+
+/// Summed CPU time of `pids` in µs; `None` if any cannot be read (or there are none).
+pub fn cpu_us(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| crate::procs::cpu_us(p).ok()).sum()
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde_json::json;
 
-use super::{measure, Common, Measured, Skipped};
+use super::{cpu_us, measure, Common, Measured, Skipped};
 use crate::model::PairsParams;
 use crate::report::{int, line_chart, median, ms, write_json, Section, Series, Table};
 
@@ -71,6 +71,8 @@ struct Row {
     e2e_max_us: u64,
     ack_p50_us: u64,
     ack_p99_us: u64,
+    /// Server CPU time (user + system, whole process, 10 ms ticks) per acknowledged message.
+    server_cpu_us_per_msg: Option<f64>,
 }
 
 /// Medians across rounds of one (system, pairs, rate).
@@ -87,6 +89,7 @@ struct Median {
     e2e_p99_us: f64,
     e2e_p999_us: f64,
     ack_p99_us: f64,
+    server_cpu_us_per_msg: Option<f64>,
     /// Summed over rounds (must be 0).
     lost: u64,
     duplicates: u64,
@@ -133,14 +136,21 @@ pub async fn run(common: &Common, opts: &PairsOpts, out: &Path) -> anyhow::Resul
                 );
                 let p = params.clone();
                 match measure(&system, &work, &label, &mut skipped, move |s| {
-                    async move { s.pairs(&p).await }.boxed()
+                    async move {
+                        let pids = s.server_pids();
+                        let before = cpu_us(&pids);
+                        let o = s.pairs(&p).await?;
+                        let cpu = cpu_us(&pids).zip(before).map(|(a, b)| a.saturating_sub(b));
+                        Ok((o, cpu))
+                    }
+                    .boxed()
                 })
                 .await
                 {
                     Measured::Done {
                         name,
                         guarantee,
-                        value: o,
+                        value: (o, cpu),
                     } => {
                         let secs = o.elapsed.as_secs_f64();
                         rows.push(Row {
@@ -166,6 +176,9 @@ pub async fn run(common: &Common, opts: &PairsOpts, out: &Path) -> anyhow::Resul
                             e2e_max_us: o.e2e_us.max(),
                             ack_p50_us: o.ack_us.value_at_quantile(0.5),
                             ack_p99_us: o.ack_us.value_at_quantile(0.99),
+                            server_cpu_us_per_msg: cpu
+                                .filter(|_| o.acked > 0)
+                                .map(|c| c as f64 / o.acked as f64),
                         });
                     }
                     Measured::Failed { name, error } => failures.push(format!(
@@ -207,6 +220,11 @@ pub async fn run(common: &Common, opts: &PairsOpts, out: &Path) -> anyhow::Resul
                 e2e_p99_us: m(|r| r.e2e_p99_us as f64),
                 e2e_p999_us: m(|r| r.e2e_p999_us as f64),
                 ack_p99_us: m(|r| r.ack_p99_us as f64),
+                server_cpu_us_per_msg: median(
+                    &g.iter()
+                        .filter_map(|r| r.server_cpu_us_per_msg)
+                        .collect::<Vec<_>>(),
+                ),
                 lost: g.iter().map(|r| r.lost).sum(),
                 duplicates: g.iter().map(|r| r.duplicates).sum(),
             }
@@ -215,7 +233,7 @@ pub async fn run(common: &Common, opts: &PairsOpts, out: &Path) -> anyhow::Resul
 
     let mut table = Table::new(
         &format!("1:1 acknowledged messaging, {}-byte bodies, medians of {rounds} round(s) (latencies in ms)", opts.body),
-        &["system", "ack guarantee", "pairs", "offered msg/s", "msg/s", "e2e p50", "e2e p99", "e2e p99.9", "ack p99", "lost", "dup"],
+        &["system", "ack guarantee", "pairs", "offered msg/s", "msg/s", "e2e p50", "e2e p99", "e2e p99.9", "ack p99", "srv CPU µs/msg", "lost", "dup"],
     );
     let mut sorted = medians.clone();
     sorted.sort_by_key(|m| (m.pairs, m.rate.unwrap_or(u64::MAX)));
@@ -230,6 +248,8 @@ pub async fn run(common: &Common, opts: &PairsOpts, out: &Path) -> anyhow::Resul
             ms(m.e2e_p99_us),
             ms(m.e2e_p999_us),
             ms(m.ack_p99_us),
+            m.server_cpu_us_per_msg
+                .map_or_else(|| "-".into(), |c| format!("{c:.1}")),
             int_u(m.lost),
             int_u(m.duplicates),
         ]);

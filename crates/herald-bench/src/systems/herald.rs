@@ -108,6 +108,10 @@ impl System for Herald {
         wsload::run_fanout(&self.target()?, p).await
     }
 
+    fn server_pids(&self) -> Vec<u32> {
+        self.server.iter().map(|s| s.proc.pid()).collect()
+    }
+
     async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(s) = self.server.take() {
             s.proc.stop(Duration::from_secs(10)).await?;

@@ -175,6 +175,10 @@ impl System for Relay {
         wsload::run_fanout(&self.target()?, p).await
     }
 
+    fn server_pids(&self) -> Vec<u32> {
+        self.proc.iter().map(|p| p.pid()).collect()
+    }
+
     async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(p) = self.proc.take() {
             p.stop(Duration::from_secs(5)).await?;

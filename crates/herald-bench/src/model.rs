@@ -81,6 +81,11 @@ pub trait System: Send {
     }
     /// Stops the system and its processes (also done on drop, as a safety net).
     async fn stop(&mut self) -> anyhow::Result<()>;
+    /// Process ids of the running server(s), so a scenario can read their CPU time (a figure
+    /// that drifts less with machine load than throughput does). Empty = not reported.
+    fn server_pids(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// A scenario the system does not take part in.

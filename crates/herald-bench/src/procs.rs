@@ -174,3 +174,19 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
+
+/// CPU time (user + system, all threads) of `pid` in microseconds, from `/proc/<pid>/stat`
+/// (clock ticks of 10 ms: USER_HZ is 100 on Linux).
+pub fn cpu_us(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        f.get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
+    };
+    // rest: state(0) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(11) stime(12)
+    Ok((ticks(11)? + ticks(12)?) * 10_000)
+}

@@ -33,19 +33,33 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async move {
-            let systems: Vec<(Box<dyn System>, Option<String>)> = vec![
-                (Box::new(systems::nats::Nats::new()), systems::nats::version()),
-                (Box::new(systems::redis::Redis::new()), systems::redis::version()),
+            type Entry = (Box<dyn System>, Option<String>, &'static str);
+            let systems: Vec<Entry> = vec![
+                (
+                    Box::new(systems::nats::Nats::new()),
+                    systems::nats::version(),
+                    systems::nats::fanout_note(),
+                ),
+                (
+                    Box::new(systems::redis::Redis::new()),
+                    systems::redis::version(),
+                    systems::redis::fanout_note(),
+                ),
                 (
                     Box::new(systems::mosquitto::Mosquitto::new()),
                     systems::mosquitto::version(),
+                    systems::mosquitto::fanout_note(),
                 ),
             ];
-            for (mut sys, version) in systems {
+            for (mut sys, version, note) in systems {
                 if only != "all" && !sys.name().to_lowercase().contains(&only) {
                     continue;
                 }
-                println!("== {} ({version:?})\n   ack: {}", sys.name(), sys.ack_guarantee());
+                println!(
+                    "== {} ({version:?})\n   ack: {}",
+                    sys.name(),
+                    sys.ack_guarantee()
+                );
                 let dir = std::env::temp_dir().join(format!(
                     "herald-bench-try-{}-{}",
                     std::process::id(),
@@ -79,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                     Err(e) => println!("   pairs failed: {e:#}"),
                 }
                 if fan > 0 {
+                    println!("   {note}");
                     let f = FanoutParams {
                         subscribers: fan,
                         body_bytes: body,

@@ -25,7 +25,8 @@ use crate::model::{FanoutOutcome, FanoutParams, PairsOutcome, PairsParams, Syste
 use crate::procs::{free_port, require_binary, wait_for_port, Proc};
 
 /// What a QoS 1 PUBACK means in the configuration the bench runs.
-pub const ACK_GUARANTEE: &str = "PUBACK (QoS 1) from mosquitto 2.0 with `persistence true`: the \
+pub(crate) const ACK_GUARANTEE: &str =
+    "PUBACK (QoS 1) from mosquitto 2.0 with `persistence true`: the \
 broker has the message in memory and queued it for subscribers; nothing is written per \
 message: the in-memory database is saved to mosquitto.db only every `autosave_interval` \
 (default 1800 s) and at shutdown, so a broker crash loses acknowledged messages (not fsynced, \
@@ -35,17 +36,17 @@ not even written).";
 const MAX_PACKET: usize = 16 << 20;
 
 /// `mosquitto -h` first line, e.g. `mosquitto version 2.0.11`.
-pub fn version() -> Option<String> {
+pub(crate) fn version() -> Option<String> {
     peers::first_line_of("mosquitto", &["-h"]).filter(|l| l.contains("version"))
 }
 
 /// How fan-out is done.
-pub fn fanout_note() -> &'static str {
+pub(crate) fn fanout_note() -> &'static str {
     "Mosquitto fan-out: N MQTT clients, each its own connection with a persistent session and \
      a QoS 1 subscription to one topic; the publisher publishes QoS 1."
 }
 
-pub struct Mosquitto {
+pub(crate) struct Mosquitto {
     proc: Option<Proc>,
     port: Option<u16>,
     /// Client ids and topics get a fresh prefix per measurement.
@@ -53,7 +54,7 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    pub fn new() -> Mosquitto {
+    pub(crate) fn new() -> Mosquitto {
         Mosquitto {
             proc: None,
             port: None,
@@ -155,7 +156,9 @@ impl Publisher {
             let (tx, rx) = oneshot::channel();
             {
                 let _in_order = order.lock().await;
-                fifo.lock().expect("fifo lock is never poisoned").push_back(tx);
+                fifo.lock()
+                    .expect("fifo lock is never poisoned")
+                    .push_back(tx);
                 client
                     .publish(topic, QoS::AtLeastOnce, false, body)
                     .await
@@ -195,7 +198,9 @@ async fn subscribe(
         loop {
             match ev.poll().await {
                 Ok(Event::Incoming(Packet::SubAck(_))) => return Ok(()),
-                Ok(Event::Incoming(Packet::Publish(p))) => sinks.record(sub, &p.payload, expect_pair),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    sinks.record(sub, &p.payload, expect_pair)
+                }
                 Ok(_) => {}
                 Err(e) => bail!("MQTT subscribe: {e}"),
             }

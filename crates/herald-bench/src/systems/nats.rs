@@ -19,14 +19,15 @@ use crate::model::{FanoutOutcome, FanoutParams, PairsOutcome, PairsParams, Syste
 use crate::procs::{free_port, require_binary, wait_for_port, Proc};
 
 /// What a JetStream publish acknowledgement means in the configuration the bench runs.
-pub const ACK_GUARANTEE: &str = "PubAck from a single nats-server 2.9.10, file storage: the \
+pub(crate) const ACK_GUARANTEE: &str =
+    "PubAck from a single nats-server 2.9.10, file storage: the \
 message was appended to the stream's file store (OS page cache), NOT fsynced per message; 2.9 \
 has no sync-always option (`sync_interval: always` came in 2.10 and 2.9.10 rejects it as an \
 unknown field); the file store syncs in the background, so an OS crash or power loss can lose \
 acknowledged messages (a process crash does not).";
 
 /// How fan-out is done and why.
-pub fn fanout_note() -> &'static str {
+pub(crate) fn fanout_note() -> &'static str {
     "NATS fan-out: the publisher publishes with JetStream ack (stored in the file-backed \
      stream); the N subscribers are plain core-NATS subscriptions on that subject, each on its \
      own connection. That is what NATS users do for live fan-out to many clients: one JetStream \
@@ -37,11 +38,11 @@ pub fn fanout_note() -> &'static str {
 }
 
 /// `nats-server --version`, e.g. `nats-server: v2.9.10`.
-pub fn version() -> Option<String> {
+pub(crate) fn version() -> Option<String> {
     peers::first_line_of("nats-server", &["--version"])
 }
 
-pub struct Nats {
+pub(crate) struct Nats {
     proc: Option<Proc>,
     addr: Option<SocketAddr>,
     /// Streams get a fresh name per measurement so repeated runs on one server never mix.
@@ -49,7 +50,7 @@ pub struct Nats {
 }
 
 impl Nats {
-    pub fn new() -> Nats {
+    pub(crate) fn new() -> Nats {
         Nats {
             proc: None,
             addr: None,

@@ -18,9 +18,13 @@ use crate::model::{latency_histogram, FanoutOutcome, PairsOutcome};
 /// Bytes of the body header: pair id (u32), sequence (u64), intended send time in µs (u64).
 pub(crate) const HEADER_BYTES: usize = 20;
 
-/// How long publishers wait for outstanding acks, and subscribers for acked messages, after
-/// the sending phase. Anything acked but not delivered by then counts as lost.
+/// How long publishers wait for outstanding acks after the sending phase, and subscribers for
+/// the next receipt while acked messages are missing. Acked but never delivered = lost.
 pub(crate) const DRAIN: Duration = Duration::from_secs(10);
+
+/// Upper bound on the subscribers' drain while deliveries still make progress (a slow
+/// fan-out keeps delivering long after the last ack; stopping at 10 s would call it loss).
+pub(crate) const DRAIN_CAP: Duration = Duration::from_secs(180);
 
 /// Publish window for fan-out (its params have none): acks in flight from the one publisher.
 pub(crate) const FANOUT_WINDOW: usize = 64;
@@ -127,28 +131,28 @@ impl Pacer {
 
 /// One publisher's work order.
 pub(crate) struct PubPlan {
-    pub pair: u32,
-    pub body_bytes: usize,
-    pub window: usize,
-    pub pacer: Pacer,
+    pub(crate) pair: u32,
+    pub(crate) body_bytes: usize,
+    pub(crate) window: usize,
+    pub(crate) pacer: Pacer,
     /// No publish is started at or after this instant.
-    pub end: tokio::time::Instant,
+    pub(crate) end: tokio::time::Instant,
     /// Stop after this many publishes (fan-out); `None` = until `end`.
-    pub max_messages: Option<u64>,
-    pub clock: Clock,
+    pub(crate) max_messages: Option<u64>,
+    pub(crate) clock: Clock,
 }
 
 /// What one publisher saw.
 pub(crate) struct PubLog {
-    pub acked: Bits,
-    pub acked_count: u64,
-    pub sent: u64,
+    pub(crate) acked: Bits,
+    pub(crate) acked_count: u64,
+    pub(crate) sent: u64,
     /// Publishes that failed or were not acknowledged within [`DRAIN`] (not acked).
-    pub failed: u64,
-    pub first_error: Option<String>,
-    pub ack_us: Histogram<u64>,
-    pub first_send: Option<Instant>,
-    pub last_ack: Option<Instant>,
+    pub(crate) failed: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) ack_us: Histogram<u64>,
+    pub(crate) first_send: Option<Instant>,
+    pub(crate) last_ack: Option<Instant>,
 }
 
 /// Publishes until `plan.end` (or `max_messages`), keeping at most `window` unacknowledged,
@@ -237,29 +241,31 @@ where
 /// One subscriber's receipts.
 #[derive(Default)]
 pub(crate) struct Recv {
-    pub seen: Bits,
-    pub dups: u64,
+    pub(crate) seen: Bits,
+    pub(crate) dups: u64,
     /// Bodies that did not decode or carried another pair's id.
-    pub foreign: u64,
+    pub(crate) foreign: u64,
 }
 
 /// All subscribers of one run: receipts per subscriber, one latency histogram, and a wake-up
 /// for the drain wait.
 pub(crate) struct Sinks {
-    pub clock: Clock,
-    pub recv: Vec<Mutex<Recv>>,
-    pub latency: Mutex<Histogram<u64>>,
-    pub receipts: AtomicU64,
+    pub(crate) clock: Clock,
+    pub(crate) recv: Vec<Mutex<Recv>>,
+    pub(crate) latency: Mutex<Histogram<u64>>,
+    pub(crate) receipts: AtomicU64,
     /// When the latest receipt happened, µs on `clock`.
-    pub last_us: AtomicU64,
-    pub notify: Notify,
+    pub(crate) last_us: AtomicU64,
+    pub(crate) notify: Notify,
 }
 
 impl Sinks {
     pub(crate) fn new(clock: Clock, subscribers: usize) -> Arc<Sinks> {
         Arc::new(Sinks {
             clock,
-            recv: (0..subscribers).map(|_| Mutex::new(Recv::default())).collect(),
+            recv: (0..subscribers)
+                .map(|_| Mutex::new(Recv::default()))
+                .collect(),
             latency: Mutex::new(latency_histogram()),
             receipts: AtomicU64::new(0),
             last_us: AtomicU64::new(0),
@@ -271,7 +277,9 @@ impl Sinks {
     pub(crate) fn record(&self, sub: usize, body: &[u8], expect_pair: Option<u32>) {
         let now = self.clock.now_us();
         let Some(r) = self.recv.get(sub) else { return };
-        let mut r = r.lock().expect("receipt lock is never poisoned: no panics while held");
+        let mut r = r
+            .lock()
+            .expect("receipt lock is never poisoned: no panics while held");
         match decode(body) {
             Some((pair, seq, at)) if expect_pair.is_none_or(|p| p == pair) => {
                 if r.seen.set(seq) {
@@ -298,9 +306,10 @@ impl Sinks {
         })
     }
 
-    /// Waits (at most [`DRAIN`]) until every subscriber has every message in its expected set.
+    /// Waits until every subscriber has every message in its expected set, or until no
+    /// receipt arrived for [`DRAIN`] (delivery stalled), or [`DRAIN_CAP`] in all.
     pub(crate) async fn drain<'a>(&self, expected: impl Fn(usize) -> &'a Bits) {
-        let deadline = tokio::time::Instant::now() + DRAIN;
+        let cap = tokio::time::Instant::now() + DRAIN_CAP;
         loop {
             let missing: u64 = (0..self.recv.len())
                 .map(|i| self.missing(i, expected(i)))
@@ -308,7 +317,8 @@ impl Sinks {
             if missing == 0 {
                 return;
             }
-            if tokio::time::timeout_at(deadline, self.notify.notified())
+            let idle = (tokio::time::Instant::now() + DRAIN).min(cap);
+            if tokio::time::timeout_at(idle, self.notify.notified())
                 .await
                 .is_err()
             {
@@ -354,7 +364,10 @@ pub(crate) fn fanout_outcome(log: &PubLog, sinks: &Sinks) -> FanoutOutcome {
     let mut dups = 0;
     for i in 0..sinks.recv.len() {
         lost += sinks.missing(i, &log.acked);
-        dups += sinks.recv[i].lock().expect("receipt lock is never poisoned").dups;
+        dups += sinks.recv[i]
+            .lock()
+            .expect("receipt lock is never poisoned")
+            .dups;
     }
     let n = sinks.recv.len() as u64;
     let deliveries = log.acked_count * n - lost;
@@ -391,7 +404,10 @@ fn span(logs: &[PubLog]) -> Duration {
 fn report_anomalies(logs: &[PubLog], sinks: &Sinks) {
     let failed: u64 = logs.iter().map(|l| l.failed).sum();
     if failed > 0 {
-        let why = logs.iter().find_map(|l| l.first_error.clone()).unwrap_or_default();
+        let why = logs
+            .iter()
+            .find_map(|l| l.first_error.clone())
+            .unwrap_or_default();
         eprintln!("warning: {failed} publishes were not acknowledged (first: {why})");
     }
     let foreign: u64 = sinks

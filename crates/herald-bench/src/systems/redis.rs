@@ -23,7 +23,7 @@ use crate::model::{FanoutOutcome, FanoutParams, PairsOutcome, PairsParams, Syste
 use crate::procs::{free_port, require_binary, wait_for_port, Proc};
 
 /// What an XADD reply means in the configuration the bench runs.
-pub const ACK_GUARANTEE: &str = "XADD reply from redis-server 7.0 with `appendonly yes`, \
+pub(crate) const ACK_GUARANTEE: &str = "XADD reply from redis-server 7.0 with `appendonly yes`, \
 `appendfsync always`: the command was written to the append-only file and fsynced \
 (fdatasync) before the reply was sent (commands of one event-loop iteration share one write \
 and one fsync: group commit); RDB snapshots are off.";
@@ -34,7 +34,7 @@ const READ_COUNT: usize = 1000;
 const BLOCK_MS: u64 = 1000;
 
 /// `redis-server --version`, e.g. `Redis server v=7.0.15 …` → `redis-server 7.0.15`.
-pub fn version() -> Option<String> {
+pub(crate) fn version() -> Option<String> {
     let line = peers::first_line_of("redis-server", &["--version"])?;
     let v = line
         .split_whitespace()
@@ -44,13 +44,13 @@ pub fn version() -> Option<String> {
 }
 
 /// How fan-out is done and why.
-pub fn fanout_note() -> &'static str {
+pub(crate) fn fanout_note() -> &'static str {
     "Redis fan-out: N connections each loop on `XREAD COUNT 1000 BLOCK 0 STREAMS key <last id>` \
      on one stream key (no consumer group: every reader sees every entry and keeps its own \
      last id), the publisher XADDs with appendfsync always."
 }
 
-pub struct Redis {
+pub(crate) struct Redis {
     proc: Option<Proc>,
     addr: Option<SocketAddr>,
     /// Keys get a fresh prefix per measurement so repeated runs on one server never mix.
@@ -58,7 +58,7 @@ pub struct Redis {
 }
 
 impl Redis {
-    pub fn new() -> Redis {
+    pub(crate) fn new() -> Redis {
         Redis {
             proc: None,
             addr: None,
@@ -136,7 +136,14 @@ impl System for Redis {
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(dir)
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
             // Fan-out opens 10k connections; redis caps clients at 10000 by default.
             .args(["--maxclients", "20000", "--daemonize", "no"]);
         let proc = Proc::spawn("redis-server", cmd, dir)?;

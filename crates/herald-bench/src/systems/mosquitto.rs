@@ -76,11 +76,20 @@ impl Default for Mosquitto {
 fn options(id: String, port: u16, inflight: usize) -> MqttOptions {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_clean_session(false)
-        .set_keep_alive(Duration::from_secs(60))
+        // A broker busy fanning out to 10k clients answers pings late; the run is bounded by
+        // the scenario, not by keep-alive.
+        .set_keep_alive(Duration::from_secs(600))
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_inflight(inflight.clamp(1, u16::MAX as usize - 1) as u16 + 1)
         .set_request_channel_capacity(inflight.max(10));
     o
+}
+
+/// No Nagle delay; a generous socket timeout (rumqttc's 5 s default fails a write to a broker
+/// that is busy fanning out, which would end the connection mid-run).
+fn tune(ev: &mut EventLoop) {
+    ev.network_options.set_tcp_nodelay(true);
+    ev.network_options.set_connection_timeout(60);
 }
 
 /// Polls `ev` until the broker answered CONNECT (bounded).
@@ -113,7 +122,7 @@ struct Publisher {
 impl Publisher {
     async fn connect(id: String, port: u16, topic: String, window: usize) -> anyhow::Result<Self> {
         let (client, mut ev) = AsyncClient::new(options(id, port, window), window.max(10));
-        ev.network_options.set_tcp_nodelay(true);
+        tune(&mut ev);
         connected(&mut ev).await?;
         let fifo: Arc<Mutex<VecDeque<oneshot::Sender<()>>>> = Arc::default();
         let f = fifo.clone();
@@ -188,7 +197,7 @@ async fn subscribe(
     sinks: Arc<Sinks>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let (client, mut ev) = AsyncClient::new(options(id, port, 1000), 10);
-    ev.network_options.set_tcp_nodelay(true);
+    tune(&mut ev);
     connected(&mut ev).await?;
     client
         .subscribe(topic, QoS::AtLeastOnce)

@@ -26,6 +26,10 @@ has no sync-always option (`sync_interval: always` came in 2.10 and 2.9.10 rejec
 unknown field); the file store syncs in the background, so an OS crash or power loss can lose \
 acknowledged messages (a process crash does not).";
 
+/// How long a publish ack (and any JetStream API call) may take: under a 10k fan-out the
+/// server answers late, and the client's 5 s default would turn slow acks into failures.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How fan-out is done and why.
 pub(crate) fn fanout_note() -> &'static str {
     "NATS fan-out: the publisher publishes with JetStream ack (stored in the file-backed \
@@ -61,6 +65,13 @@ impl Nats {
     fn url(&self) -> anyhow::Result<String> {
         let addr = self.addr.context("NATS is not started")?;
         Ok(format!("nats://{addr}"))
+    }
+
+    /// A JetStream context on its own connection whose publish acks may take [`ACK_TIMEOUT`].
+    async fn jetstream(url: &str) -> anyhow::Result<jetstream::Context> {
+        let mut js = jetstream::new(Nats::connect(url).await?);
+        js.set_timeout(ACK_TIMEOUT);
+        Ok(js)
     }
 
     async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
@@ -161,7 +172,7 @@ impl System for Nats {
                 }
                 Ok::<(), anyhow::Error>(())
             });
-            pubs.push(jetstream::new(Nats::connect(&url).await?));
+            pubs.push(Nats::jetstream(&url).await?);
         }
 
         let start = tokio::time::Instant::now();
@@ -270,7 +281,7 @@ impl System for Nats {
             });
         }
 
-        let js = jetstream::new(Nats::connect(&url).await?);
+        let js = Nats::jetstream(&url).await?;
         let start = tokio::time::Instant::now();
         let plan = PubPlan {
             pair: 0,

@@ -22,6 +22,9 @@ pub(crate) const HEADER_BYTES: usize = 20;
 /// the next receipt while acked messages are missing. Acked but never delivered = lost.
 pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 
+/// How long a publisher waits for its outstanding acks once it stopped sending.
+pub(crate) const ACK_DRAIN: Duration = Duration::from_secs(30);
+
 /// Upper bound on the subscribers' drain while deliveries still make progress (a slow
 /// fan-out keeps delivering long after the last ack; stopping at 10 s would call it loss).
 pub(crate) const DRAIN_CAP: Duration = Duration::from_secs(180);
@@ -147,7 +150,7 @@ pub(crate) struct PubLog {
     pub(crate) acked: Bits,
     pub(crate) acked_count: u64,
     pub(crate) sent: u64,
-    /// Publishes that failed or were not acknowledged within [`DRAIN`] (not acked).
+    /// Publishes that failed or were not acknowledged within [`ACK_DRAIN`] (not acked).
     pub(crate) failed: u64,
     pub(crate) first_error: Option<String>,
     pub(crate) ack_us: Histogram<u64>,
@@ -204,7 +207,7 @@ where
             break;
         }
         if !more && drain_deadline.is_none() {
-            drain_deadline = Some(now + DRAIN);
+            drain_deadline = Some(now + ACK_DRAIN);
         }
         let can_send = more && inflight.len() < plan.window.max(1);
         if can_send && due.is_none_or(|d| d <= now) {
@@ -229,7 +232,7 @@ where
             _ = tokio::time::sleep_until(drain_deadline.unwrap_or(now)), if drain_deadline.is_some() => {
                 log.failed += inflight.len() as u64;
                 log.first_error.get_or_insert_with(|| {
-                    format!("{} publishes not acknowledged within {DRAIN:?}", inflight.len())
+                    format!("{} publishes not acknowledged within {ACK_DRAIN:?}", inflight.len())
                 });
                 break;
             }

@@ -1,7 +1,8 @@
 //! NATS JetStream as a peer: a single `nats-server -js` on loopback with a file-backed stream.
 //! Pairs: each publisher publishes with ack (up to `window` acks in flight) to its own subject,
-//! each subscriber is a durable pull consumer filtered to that subject with explicit per-message
-//! acks. Fan-out: see [`fanout_note`].
+//! each subscriber is a durable pull consumer filtered to that subject with explicit acks
+//! (`AckExplicit`, one `+ACK` per message, sent without waiting for the server's confirmation).
+//! Fan-out: see [`fanout_note`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,12 +20,11 @@ use crate::model::{FanoutOutcome, FanoutParams, PairsOutcome, PairsParams, Syste
 use crate::procs::{free_port, require_binary, wait_for_port, Proc};
 
 /// What a JetStream publish acknowledgement means in the configuration the bench runs.
-pub(crate) const ACK_GUARANTEE: &str =
-    "PubAck from a single nats-server 2.9.10, file storage: the \
-message was appended to the stream's file store (OS page cache), NOT fsynced per message; 2.9 \
-has no sync-always option (`sync_interval: always` came in 2.10 and 2.9.10 rejects it as an \
-unknown field); the file store syncs in the background, so an OS crash or power loss can lose \
-acknowledged messages (a process crash does not).";
+pub(crate) const ACK_GUARANTEE: &str = "PubAck from a single nats-server 2.9.10, file \
+storage: the message is in the stream's file store, NOT fsynced (no fsync/fdatasync by \
+nats-server under strace during a run); 2.9 has no sync-always option (`sync_interval: always` \
+came in 2.10; 2.9.10 rejects it as an unknown field), the file store syncs in the background, \
+so an OS crash or power loss can lose acknowledged messages.";
 
 /// How long a publish ack (and any JetStream API call) may take: under a 10k fan-out the
 /// server answers late, and the client's 5 s default would turn slow acks into failures.

@@ -242,6 +242,16 @@ async fn run_all(cli: &Cli, out: &Path) -> anyhow::Result<()> {
     md.push_str("## Machine\n\n");
     md.push_str(&report::machine_description());
     md.push('\n');
+    md.push_str("## What an acknowledgement means\n\n");
+    for name in &cli.common.systems {
+        if let Ok(sys) = systems::make_system(name) {
+            let _ = writeln!(md, "- **{}**: {}", sys.name(), sys.ack_guarantee());
+            if let Some(note) = sys.fanout_note() {
+                let _ = writeln!(md, "  Fan-out: {note}");
+            }
+        }
+    }
+    md.push('\n');
     for (s, took) in &sections {
         let _ = writeln!(
             md,

@@ -72,6 +72,10 @@ pub trait System: Send {
     fn name(&self) -> String;
     /// One sentence: what an acknowledgement guarantees (fsync or not), shown next to figures.
     fn ack_guarantee(&self) -> &'static str;
+    /// What fan-out means for this system, if it differs from its pairs semantics.
+    fn fanout_note(&self) -> Option<&'static str> {
+        None
+    }
     /// Starts the system on loopback with its data under `dir` (created and empty).
     async fn start(&mut self, dir: &Path) -> anyhow::Result<()>;
     async fn pairs(&mut self, p: &PairsParams) -> anyhow::Result<PairsOutcome>;

@@ -2,6 +2,10 @@
 //! traffic is sent and received through it.
 
 pub mod herald;
+pub mod mosquitto;
+pub mod nats;
+mod peers;
+pub mod redis;
 pub mod relay;
 mod wsload;
 
@@ -23,10 +27,9 @@ pub fn make_system(name: &str) -> anyhow::Result<Box<dyn System>> {
         "herald-fsync" => Box::new(herald::Herald::new(herald::Durability::Fsync)),
         "herald-os" => Box::new(herald::Herald::new(herald::Durability::Os)),
         "relay" => Box::new(relay::Relay::new()),
-        // helper B: "nats" => Box::new(nats::Nats::new()), etc. plug in here.
-        "nats" | "redis" | "mosquitto" => {
-            anyhow::bail!("{name}: not built into this herald-bench yet")
-        }
+        "nats" => Box::new(nats::Nats::new()),
+        "redis" => Box::new(redis::Redis::new()),
+        "mosquitto" => Box::new(mosquitto::Mosquitto::new()),
         other => anyhow::bail!("unknown system {other:?}; known: {}", ALL.join(", ")),
     })
 }

@@ -11,10 +11,10 @@
 //! forgets the counters the batch moved, so they are reloaded from the rolled-back table and
 //! the next append continues with no hole.
 //!
-//! Each command runs inside its own savepoint: a command SQLite rejects on its own merits
-//! (a constraint, a value out of range) is undone alone and answered with
-//! [`StoreError::Corrupt`]; only errors of the storage itself (full disk, I/O) fail the
-//! batch, and then every command of it gets [`StoreError::Unavailable`].
+//! A command SQLite rejects on its own merits (a constraint, a value out of range) is undone
+//! alone and answered with [`StoreError::Corrupt`] (the batch is rerun with a savepoint per
+//! command); only errors of the storage itself (full disk, I/O) fail the batch, and then every
+//! command of it gets [`StoreError::Unavailable`].
 //!
 //! It must never block on anything but SQLite: answers go through oneshot channels and the
 //! commit listener is required to be quick.
@@ -36,7 +36,7 @@ use crate::model::*;
 use crate::{CommitListener, StoreError};
 
 /// A write, as submitted by the store.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Write {
     Append(NewMessage),
     PutSession(SessionRecord),
@@ -228,9 +228,49 @@ impl Writer {
         }
     }
 
-    /// `BEGIN`, every write in its savepoint, `COMMIT`. An `Err` means the batch failed and
-    /// the caller must roll back.
+    /// `BEGIN`, every write, `COMMIT`. An `Err` means the batch failed and the caller must
+    /// roll back.
+    ///
+    /// Savepoints cost a copy of every page each write touches, so the batch first runs
+    /// without them. A write SQLite rejects on its own merits (rare: a constraint, a value out
+    /// of range) undoes the whole transaction, and the batch is run again with one savepoint
+    /// per write, so that only the rejected write fails.
     fn execute(
+        &mut self,
+        writes: Vec<Write>,
+        effects: &mut BatchEffects,
+    ) -> rusqlite::Result<Vec<Result<Done, StoreError>>> {
+        let retry = (writes.len() > 1).then(|| writes.clone());
+        self.exec("BEGIN IMMEDIATE")?;
+        let mut answers = Vec::with_capacity(writes.len());
+        for write in writes {
+            match self.apply(write, effects) {
+                Ok(done) => answers.push(Ok(done)),
+                Err(e) if is_rejection(&e) => {
+                    self.roll_back();
+                    for stream in std::mem::take(effects).touched {
+                        self.offsets.remove(&stream);
+                    }
+                    return match retry {
+                        Some(writes) => self.execute_isolated(writes, effects),
+                        None => {
+                            tracing::error!(error = %e, "store rejected a write");
+                            Ok(vec![Err(StoreError::Corrupt(format!(
+                                "write rejected: {e}"
+                            )))])
+                        }
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.exec("COMMIT")?;
+        Ok(answers)
+    }
+
+    /// [`Writer::execute`] with each write in its own savepoint: a rejected write is undone
+    /// alone and answered with [`StoreError::Corrupt`].
+    fn execute_isolated(
         &mut self,
         writes: Vec<Write>,
         effects: &mut BatchEffects,

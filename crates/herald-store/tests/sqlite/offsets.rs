@@ -192,6 +192,26 @@ async fn a_rejected_write_fails_alone_and_leaves_no_hole() {
     assert!(store.health().is_ok());
 }
 
+/// A rejected write alone in its batch (no savepoint taken) is undone and leaves no hole.
+#[tokio::test]
+async fn a_rejected_write_alone_in_its_batch_leaves_no_hole() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let original = msg("chan:a", "u", 1);
+    let reused_id = original.clone();
+    assert_eq!(stored(store.append(original).await.unwrap()).offset, 1);
+    assert!(matches!(
+        store.append(reused_id).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(
+        stored(store.append(msg("chan:a", "u", 2)).await.unwrap()).offset,
+        2
+    );
+    assert_eq!(offsets(&all(&store, "chan:a").await), [1, 2]);
+    assert!(store.health().is_ok());
+}
+
 #[tokio::test]
 async fn unknown_stream_is_empty_at_zero() {
     let dir = TempDir::new().unwrap();

@@ -152,7 +152,15 @@ impl SqliteStore {
         let shared = Arc::new(Shared::default());
         let max_batch = cfg.max_batch.max(1);
         let (commands, queue) = mpsc::unbounded_channel();
-        let writer = writer::spawn(conn, queue, max_batch, listener, shared.clone())?;
+        let checkpointer = writer::Checkpointer::start(schema::open_checkpointer(&cfg.path)?)?;
+        let writer = writer::spawn(
+            conn,
+            queue,
+            max_batch,
+            listener,
+            shared.clone(),
+            checkpointer,
+        )?;
         tracing::info!(path = %cfg.path.display(), durability = ?cfg.durability, "store opened");
         Ok(SqliteStore {
             commands: Some(commands),

@@ -192,6 +192,9 @@ pub(super) fn open_writer(cfg: &SqliteConfig) -> Result<Connection, StoreError> 
     // lives only until COMMIT and is bounded by the batch; durability is unchanged (the WAL).
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(sql_error)?;
+    // Checkpoints run on their own thread (writer::Checkpointer), not inside commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(sql_error)?;
     create_schema(&conn)?;
     if let Some(bytes) = cfg.max_db_bytes {
         let page_size: u64 = conn
@@ -206,6 +209,15 @@ pub(super) fn open_writer(cfg: &SqliteConfig) -> Result<Connection, StoreError> 
             .map_err(sql_error)?;
         tracing::debug!(pages, effective, "database quota set");
     }
+    Ok(conn)
+}
+
+/// Opens the checkpointer's read-write connection (the writer connection does not
+/// checkpoint; see `writer::Checkpointer`).
+pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    configure(&conn)?;
     Ok(conn)
 }
 

@@ -97,6 +97,7 @@ pub(super) fn spawn(
     max_batch: usize,
     listener: Arc<dyn CommitListener>,
     shared: Arc<Shared>,
+    checkpointer: Checkpointer,
 ) -> Result<JoinHandle<()>, StoreError> {
     let writer = Writer {
         conn,
@@ -105,6 +106,7 @@ pub(super) fn spawn(
         offsets: HashMap::new(),
         listener,
         shared,
+        checkpointer: Some(checkpointer),
     };
     std::thread::Builder::new()
         .name("herald-store-writer".into())
@@ -127,6 +129,62 @@ struct Writer {
     listener: Arc<dyn CommitListener>,
     /// Counters and health, read by the store.
     shared: Arc<Shared>,
+    /// Stopped before the final checkpoint at shutdown.
+    checkpointer: Option<Checkpointer>,
+}
+
+/// Copies committed WAL frames into the database on its own thread, so commits never pay for
+/// a checkpoint (SQLite's automatic one runs inside the commit that crosses 1000 pages, on the
+/// writer thread). PASSIVE never blocks the writer; SQLite restarts the WAL from its start
+/// once a checkpoint has copied everything.
+pub(super) struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// How often the WAL is checkpointed.
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+    pub(super) fn start(conn: Connection) -> Result<Checkpointer, StoreError> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("herald-store-checkpoint".into())
+            .spawn(move || {
+                let mut failing = false;
+                // Runs until the writer drops `stop` (or sends on it).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Self::EVERY)
+                {
+                    let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        r.get::<_, i64>(0)
+                    });
+                    match r {
+                        Ok(_) if failing => {
+                            failing = false;
+                            tracing::info!("store WAL checkpoint works again");
+                        }
+                        Ok(_) => {}
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "store WAL checkpoint failed; the WAL grows until it works again");
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot start the store checkpoint thread: {e}"))
+            })?;
+        Ok(Checkpointer { stop, handle })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        if self.handle.join().is_err() {
+            tracing::error!("store checkpoint thread panicked");
+        }
+    }
 }
 
 /// What one batch produced besides the answers.
@@ -597,6 +655,9 @@ impl Writer {
                     let _ = r.send(Err(StoreError::Closed));
                 }
             }
+        }
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
         }
         let checkpoint = self
             .conn

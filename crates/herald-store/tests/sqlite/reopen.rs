@@ -259,3 +259,37 @@ async fn a_version_1_database_is_migrated_on_open() {
     let (store, _) = open(dir.path());
     assert_eq!(store.devices("bob").await.unwrap().len(), 2);
 }
+
+/// Commits never checkpoint; the checkpoint thread copies the WAL into the database file
+/// while the store is open, so the WAL does not grow without bound.
+#[tokio::test]
+async fn the_wal_is_checkpointed_into_the_database_while_open() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let body = "x".repeat(1000);
+    let writes: Vec<_> = (0..3000)
+        .map(|i| {
+            let mut m = msg("chan:big", "alice", i);
+            m.body = Body::from_json(format!(r#""{body}""#)).unwrap();
+            store.append(m)
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap();
+    }
+    // About 3 MB of bodies: the database file holds them once a checkpoint ran.
+    let db = db_path(dir.path());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let size = std::fs::metadata(&db).unwrap().len();
+        if size > 3_000_000 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "database file still {size} bytes: the WAL was not checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.close().await.unwrap();
+}

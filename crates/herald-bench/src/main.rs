@@ -28,28 +28,54 @@ async fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("bench-out"));
     std::fs::create_dir_all(&out)?;
+    let list = |flag: &str| -> Option<Vec<u64>> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1)
+            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+    };
     if what == "idle" || what == "all" {
-        let o = if smoke {
+        let mut o = if smoke {
             idle::Opts::smoke()
         } else {
             idle::Opts::default()
         };
+        if let Some(v) = list("--idle-sizes") {
+            o.sizes = v.into_iter().map(|x| x as usize).collect();
+        }
+        if let Some(v) = list("--idle-hold-secs") {
+            o.hold = std::time::Duration::from_secs(v.first().copied().unwrap_or(0));
+        }
         idle::run(&o, &out).await?;
     }
     if what == "resume" || what == "all" {
-        let o = if smoke {
+        let mut o = if smoke {
             resume::Opts::smoke()
         } else {
             resume::Opts::default()
         };
+        if let Some(v) = list("--resume-missed") {
+            o.missed = v;
+        }
+        if let Some(v) = list("--resume-clients") {
+            o.clients = v.first().copied().unwrap_or(1) as usize;
+        }
+        if let Some(v) = list("--rounds") {
+            o.rounds = v.first().copied().unwrap_or(1) as usize;
+        }
         resume::run(&o, &out).await?;
     }
     if what == "restart" || what == "all" {
-        let o = if smoke {
+        let mut o = if smoke {
             restart::Opts::smoke()
         } else {
             restart::Opts::default()
         };
+        if let Some(v) = list("--restart-sizes") {
+            o.sizes = v;
+        }
+        if let Some(v) = list("--rounds") {
+            o.rounds = v.first().copied().unwrap_or(1) as usize;
+        }
         restart::run(&o, &out).await?;
     }
     Ok(())

@@ -85,8 +85,9 @@ pub async fn connect(addr: SocketAddr) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-/// Reads text messages until one holds a frame of type `t`; returns that line.
-pub async fn expect_frame(ws: &mut Ws, t: &str) -> anyhow::Result<String> {
+/// Reads text messages until one holds a frame of type `t`; returns that line and the lines
+/// batched after it in the same message (the server may send deliveries right behind it).
+pub async fn expect_frame(ws: &mut Ws, t: &str) -> anyhow::Result<(String, Vec<String>)> {
     let prefix = format!(r#"{{"t":"{t}""#);
     loop {
         let m = tokio::time::timeout(TIMEOUT, ws.next())
@@ -94,9 +95,10 @@ pub async fn expect_frame(ws: &mut Ws, t: &str) -> anyhow::Result<String> {
             .with_context(|| format!("no {t} within {TIMEOUT:?}"))?;
         match m {
             Some(Ok(Message::Text(text))) => {
-                for line in text.as_str().lines() {
+                let mut lines = text.as_str().lines();
+                while let Some(line) = lines.next() {
                     if line.starts_with(&prefix) {
-                        return Ok(line.to_string());
+                        return Ok((line.to_string(), lines.map(str::to_string).collect()));
                     }
                     if line.starts_with(r#"{"t":"err""#) {
                         bail!("server error while waiting for {t}: {line}");
@@ -111,13 +113,14 @@ pub async fn expect_frame(ws: &mut Ws, t: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Sends hello (with `resume` if given) and returns the parsed welcome line.
+/// Sends hello (with `resume` if given); returns the welcome line and the lines that came in
+/// the same message after it.
 pub async fn hello(
     ws: &mut Ws,
     uid: &str,
     device: &str,
     resume: Option<(&str, &str)>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Vec<String>)> {
     let hello = match resume {
         None => json!({"t":"hello","v":1,"uid":uid,"device":device}),
         Some((s, k)) => {
@@ -201,6 +204,8 @@ struct Row {
     duplicates: u64,
     lost: u64,
     publish_secs: f64,
+    /// Every sample in order (client by client, round by round): welcome ms, caught-up ms.
+    samples_ms: Vec<[f64; 2]>,
 }
 
 pub async fn run(opts: &Opts, out_dir: &Path) -> anyhow::Result<Value> {
@@ -239,7 +244,7 @@ async fn one_count(opts: &Opts, missed: u64, out_dir: &Path) -> anyhow::Result<R
     for i in 0..opts.clients {
         let uid = format!("resume{i}");
         let mut ws = connect(herald.addr).await?;
-        let w = hello(&mut ws, &uid, "d", None).await?;
+        let (w, _) = hello(&mut ws, &uid, "d", None).await?;
         let f: Frame = serde_json::from_str(&w)?;
         subs.push(Sub {
             uid,
@@ -282,6 +287,11 @@ async fn one_count(opts: &Opts, missed: u64, out_dir: &Path) -> anyhow::Result<R
     }
     herald.proc.stop(Duration::from_secs(10)).await?;
     let samples = caught_ms.len();
+    let samples_ms = welcome_ms
+        .iter()
+        .zip(&caught_ms)
+        .map(|(&w, &c)| [w, c])
+        .collect();
     Ok(Row {
         missed,
         clients: opts.clients,
@@ -294,6 +304,7 @@ async fn one_count(opts: &Opts, missed: u64, out_dir: &Path) -> anyhow::Result<R
         duplicates: dups,
         lost,
         publish_secs,
+        samples_ms,
     })
 }
 
@@ -310,7 +321,7 @@ struct Resumed {
 async fn reconnect(addr: SocketAddr, sub: &mut Sub, missed: u64) -> anyhow::Result<Resumed> {
     let start = Instant::now();
     let mut ws = connect(addr).await?;
-    let w = hello(&mut ws, &sub.uid, "d", Some((&sub.session, &sub.key))).await?;
+    let (w, after_welcome) = hello(&mut ws, &sub.uid, "d", Some((&sub.session, &sub.key))).await?;
     let welcome = start.elapsed();
     let f: Frame = serde_json::from_str(&w)?;
     if f.resumed != Some(true) {
@@ -322,17 +333,21 @@ async fn reconnect(addr: SocketAddr, sub: &mut Sub, missed: u64) -> anyhow::Resu
     let mut seen = HashSet::with_capacity(missed as usize);
     let mut dups = 0u64;
     let mut top = sub.acked;
+    let mut first = Some(after_welcome.join("\n"));
     while top < target {
-        let m = tokio::time::timeout(TIMEOUT, ws.next()).await;
-        let text = match m {
-            Ok(Some(Ok(Message::Text(t)))) => t,
-            Ok(Some(Ok(_))) => continue,
-            Ok(other) => bail!("{}: connection ended while catching up: {other:?}", sub.uid),
-            // Bounded drain: whatever has not come by now is lost.
-            Err(_) => break,
+        let text = if let Some(t) = first.take() {
+            t
+        } else {
+            match tokio::time::timeout(TIMEOUT, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => t.as_str().to_string(),
+                Ok(Some(Ok(_))) => continue,
+                Ok(other) => bail!("{}: connection ended while catching up: {other:?}", sub.uid),
+                // Bounded drain: whatever has not come by now is lost.
+                Err(_) => break,
+            }
         };
         let mut got = false;
-        for line in text.as_str().lines() {
+        for line in text.lines().filter(|l| !l.is_empty()) {
             let f: Frame = serde_json::from_str(line)
                 .with_context(|| format!("bad frame from server: {line}"))?;
             match f.t {
@@ -355,9 +370,19 @@ async fn reconnect(addr: SocketAddr, sub: &mut Sub, missed: u64) -> anyhow::Resu
         }
     }
     let caught_up = start.elapsed();
-    let lost = (sub.acked + 1..=target)
+    let missing: Vec<u64> = (sub.acked + 1..=target)
         .filter(|o| !seen.contains(o))
-        .count() as u64;
+        .collect();
+    let lost = missing.len() as u64;
+    if lost > 0 {
+        eprintln!(
+            "resume {}: {lost} of offsets {}..={target} never arrived (first {:?}, last {:?}; top {top})",
+            sub.uid,
+            sub.acked + 1,
+            missing.first(),
+            missing.last()
+        );
+    }
     sub.acked = top;
     Ok(Resumed {
         ws,

@@ -434,7 +434,7 @@ impl Attached {
             Control::Evict(ev) => {
                 let reason = format!("evicted: {}", ev.reason.as_str());
                 Output::Close {
-                    frames: vec![ServerFrame::Evicted(ev).encode()],
+                    frames: vec![ServerFrame::Evicted(*ev).encode()],
                     code: close::EVICTED,
                     reason,
                 }

@@ -624,10 +624,10 @@ impl Engine {
                 EvictReason::ResumedElsewhere,
                 &by,
             );
-            let _ = old.control.send(Control::Evict(Evicted {
+            let _ = old.control.send(Control::Evict(Box::new(Evicted {
                 reason: EvictReason::ResumedElsewhere,
                 by,
-            }));
+            })));
         }
         // Requests the previous connection handed in must be answered (and counted in
         // `acked_seq`) before the client is told what to resend.
@@ -686,7 +686,9 @@ impl Engine {
         self.announce_eviction(&s, &conn, &addr, reason, &by);
         self.close(&s, reason.as_str(), by.conn.clone());
         if let Some(slot) = slot {
-            let _ = slot.control.send(Control::Evict(Evicted { reason, by }));
+            let _ = slot
+                .control
+                .send(Control::Evict(Box::new(Evicted { reason, by })));
         }
         true
     }

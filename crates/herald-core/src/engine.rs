@@ -643,7 +643,11 @@ impl Engine {
             .cursor(&s.uid, &s.device)
             .await?
             .unwrap_or(0);
-        self.persist(&s).await;
+        // Not awaited: the record is already durable (a new session was stored just before,
+        // a resumed one long ago; errors were only logged either way), and waiting put the
+        // welcome behind every write queued by other sessions (a busy writer made a resume
+        // wait hundreds of ms). After a crash every session comes back disconnected anyway.
+        self.persist_later(s.clone());
         let attached = Attached::new(
             self.clone(),
             s.clone(),

@@ -26,7 +26,7 @@ pub struct Opts {
     pub sizes: Vec<u64>,
     pub rounds: usize,
     pub body_bytes: usize,
-    /// Messages are spread round-robin over this many inboxes.
+    /// Messages are spread evenly over this many inboxes.
     pub streams: u64,
     /// Messages per store transaction while generating.
     pub batch: usize,
@@ -151,16 +151,24 @@ async fn generate(opts: &Opts, n: u64, data: &Path) -> anyhow::Result<()> {
     cfg.max_batch = opts.batch.max(1);
     let store = SqliteStore::open(cfg, Arc::new(NoListener))?;
     let body = format!("\"{}\"", "x".repeat(opts.body_bytes.saturating_sub(2)));
-    let ts = std::time::SystemTime::now()
+    // Acceptance times spread over the time it would take at 10 messages per ms, ending now
+    // (well inside inbox retention), so ids (time-prefixed) grow as the server's would.
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
+    let start_ts = now.saturating_sub(n / 10);
+    let per_stream = n.div_ceil(opts.streams.max(1)).max(1);
     let mut i = 0u64;
     while i < n {
         let end = (i + opts.batch as u64).min(n);
         let mut pending = Vec::with_capacity((end - i) as usize);
         for k in i..end {
+            let ts = start_ts + k / 10;
             pending.push(store.append_eager(NewMessage {
-                stream: format!("inbox:g{}", k % opts.streams.max(1)),
+                // Stream by stream (as if each inbox's messages came in a burst): every index
+                // is then appended at its end, which keeps generation fast; round-robin
+                // streams made each insert touch a different index page.
+                stream: format!("inbox:g{}", k / per_stream),
                 id: herald_core::ids::message_id(ts),
                 from: "gen".into(),
                 ts,

@@ -112,7 +112,7 @@ pub async fn run(opts: &Opts, out_dir: &Path) -> anyhow::Result<Value> {
         if need > hard {
             let note = format!(
                 "not possible on this machine: fd hard limit {hard} < {need} needed by each of \
-                 the bench and herald; raise it as root (e.g. `ulimit -Hn {} ` in the shell that \
+                 the bench and herald; raise it as root (e.g. `ulimit -Hn {}` in the shell that \
                  starts the bench, or `nofile` in /etc/security/limits.conf), then rerun",
                 (n as u64 + FD_SLACK).next_power_of_two().max(262_144)
             );

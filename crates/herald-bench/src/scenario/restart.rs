@@ -5,7 +5,7 @@
 //! hello→welcome plus an acknowledged publish is measured, median of rounds.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -203,7 +203,7 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
 
 /// One start: returns seconds from spawn to listening, ready, first acknowledged publish, and
 /// the server's RSS then.
-async fn start_once(data: &Path, log_dir: &PathBuf) -> anyhow::Result<([f64; 3], u64)> {
+async fn start_once(data: &Path, log_dir: &Path) -> anyhow::Result<([f64; 3], u64)> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let t0 = Instant::now();
     let herald = Herald::spawn(data, addr, &[("STORAGE__DURABILITY", "fsync")], log_dir)?;

@@ -190,3 +190,51 @@ pub fn cpu_us(pid: u32) -> anyhow::Result<u64> {
     // rest: state(0) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(11) stime(12)
     Ok((ticks(11)? + ticks(12)?) * 10_000)
 }
+
+/// Raises this process's open-file soft limit to its hard limit (children spawned afterwards
+/// inherit it) and returns `(soft, hard)` as they are now. The hard limit needs privileges to
+/// raise, so it is reported, never changed.
+pub fn raise_fd_limit() -> anyhow::Result<(u64, u64)> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let hard = cur.maximum.unwrap_or(u64::MAX);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: cur.maximum,
+        },
+    )
+    .context("setrlimit(RLIMIT_NOFILE) to the hard limit")?;
+    let now = getrlimit(Resource::Nofile);
+    Ok((now.current.unwrap_or(u64::MAX), hard))
+}
+
+impl Herald {
+    /// Spawns `herald serve --dev` on `addr` like [`Herald::start`] but returns at once,
+    /// without waiting for the port: the restart scenario times the way to ready itself.
+    pub fn spawn(
+        data_dir: &Path,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Herald> {
+        let mut cmd = Command::new(Herald::binary()?);
+        cmd.arg("serve")
+            .arg("--dev")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("HERALD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .env("HERALD_LIMITS__REQUESTS_PER_SEC", "0");
+        for (k, v) in env {
+            cmd.env(format!("HERALD_{k}"), v);
+        }
+        let proc = Proc::spawn("herald", cmd, log_dir)?;
+        Ok(Herald { proc, addr })
+    }
+}

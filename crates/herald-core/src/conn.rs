@@ -434,7 +434,7 @@ impl Attached {
             Control::Evict(ev) => {
                 let reason = format!("evicted: {}", ev.reason.as_str());
                 Output::Close {
-                    frames: vec![ServerFrame::Evicted(ev).encode()],
+                    frames: vec![ServerFrame::Evicted(*ev).encode()],
                     code: close::EVICTED,
                     reason,
                 }
@@ -969,11 +969,16 @@ impl Attached {
                     .collect();
                 let engine = self.engine.clone();
                 self.engine.spawn_bg(async move {
-                    for r in records {
-                        if let Err(err) = engine.store().record_sent(r).await {
-                            warn!(%err, "delivery record not written");
-                            break;
-                        }
+                    // All at once, so they share one group commit: one at a time, a batch of
+                    // N deliveries cost N commits and held up the writer (and with it the next
+                    // resume's welcome) long after the messages went out.
+                    let store = engine.store();
+                    let results = futures_util::future::join_all(
+                        records.into_iter().map(|r| store.record_sent(r)),
+                    )
+                    .await;
+                    if let Some(Err(err)) = results.into_iter().find(Result::is_err) {
+                        warn!(%err, "delivery record not written");
                     }
                 });
             }

@@ -624,10 +624,10 @@ impl Engine {
                 EvictReason::ResumedElsewhere,
                 &by,
             );
-            let _ = old.control.send(Control::Evict(Evicted {
+            let _ = old.control.send(Control::Evict(Box::new(Evicted {
                 reason: EvictReason::ResumedElsewhere,
                 by,
-            }));
+            })));
         }
         // Requests the previous connection handed in must be answered (and counted in
         // `acked_seq`) before the client is told what to resend.
@@ -643,7 +643,11 @@ impl Engine {
             .cursor(&s.uid, &s.device)
             .await?
             .unwrap_or(0);
-        self.persist(&s).await;
+        // Not awaited: the record is already durable (a new session was stored just before,
+        // a resumed one long ago; errors were only logged either way), and waiting put the
+        // welcome behind every write queued by other sessions (a busy writer made a resume
+        // wait hundreds of ms). After a crash every session comes back disconnected anyway.
+        self.persist_later(s.clone());
         let attached = Attached::new(
             self.clone(),
             s.clone(),
@@ -682,7 +686,9 @@ impl Engine {
         self.announce_eviction(&s, &conn, &addr, reason, &by);
         self.close(&s, reason.as_str(), by.conn.clone());
         if let Some(slot) = slot {
-            let _ = slot.control.send(Control::Evict(Evicted { reason, by }));
+            let _ = slot
+                .control
+                .send(Control::Evict(Box::new(Evicted { reason, by })));
         }
         true
     }

@@ -14,8 +14,10 @@ pub const ANSWER_CACHE: usize = 256;
 /// What the engine tells an attached connection.
 #[derive(Debug, Clone)]
 pub enum Control {
-    /// Send this `evicted` frame and close with 4009.
-    Evict(Evicted),
+    /// Send this `evicted` frame and close with 4009. Boxed: every connection's control
+    /// channel allocates a block of 32 slots up front, so the slot size is per-connection
+    /// memory (an unboxed `Evicted` made it ~1.8 KB).
+    Evict(Box<Evicted>),
     /// The server is shutting down: close with 1001, the session stays resumable.
     Shutdown,
 }

@@ -18,7 +18,7 @@ use herald_protocol::ErrorCode;
 use herald_store::sqlite::{SqliteConfig, SqliteStore};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api;
 use crate::auth::Authenticator;
@@ -198,6 +198,13 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     let webhooks = tokio::spawn(dispatcher.run(stop_rx.clone()));
 
     let signal_engine = engine.clone();
+    // TCP_NODELAY: answers and deliveries are small writes; with Nagle on, a write behind
+    // an unacknowledged one waits for the peer's delayed ACK (~40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            debug!(%err, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(
         listener,
         router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),

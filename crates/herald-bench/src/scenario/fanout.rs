@@ -77,7 +77,7 @@ struct Median {
 /// inherits the raised limit).
 pub fn ensure_fd_limit(conns: usize) -> anyhow::Result<()> {
     let need = conns as u64 + 256;
-    let soft = rlimit::increase_nofile_limit(u64::MAX)?;
+    let (soft, _hard) = crate::procs::raise_fd_limit()?;
     if soft < need {
         anyhow::bail!(
             "{conns} connections need about {need} open files but the limit is {soft}; raise it \

@@ -80,7 +80,10 @@ async fn serve(socket: WebSocket, app: Arc<App>, addr: SocketAddr) {
     let peer = Peer {
         addr: addr.to_string(),
     };
-    let input_abandoned = match handshake(&app, &mut stream, &tx, peer).await {
+    // The handshake (engine open, store reads and writes) and each request's handling are
+    // large futures but short-lived: boxed, they take heap only while they run, instead of
+    // sizing the connection task that every idle connection keeps for its whole life.
+    let input_abandoned = match Box::pin(handshake(&app, &mut stream, &tx, peer)).await {
         Ok((attached, rest)) => run(&app, attached, rest, &mut stream, &tx, addr).await,
         Err(abandoned) => abandoned,
     };
@@ -341,11 +344,8 @@ async fn run(
 
     let mut close: Option<(u16, String)> = None;
     let mut abandoned = false;
-    for f in first {
-        if let Some(out) = attached.handle(f).await {
-            close = Some(finish(tx, out).await);
-            break;
-        }
+    if !first.is_empty() {
+        close = Box::pin(handle_frames(&mut attached, first, tx)).await;
     }
     while close.is_none() {
         tokio::select! {
@@ -354,16 +354,7 @@ async fn run(
                 match incoming {
                     Some(Ok(Message::Text(t))) => {
                         app.metrics.ws_received_bytes.inc_by(t.len() as u64);
-                        for f in decode_frame(t.as_str(), &limits) {
-                            let out = match f {
-                                Ok(f) => attached.handle(f).await,
-                                Err(e) => attached.handle_decode_error(e),
-                            };
-                            if let Some(out) = out {
-                                close = Some(finish(tx, out).await);
-                                break;
-                            }
-                        }
+                        close = Box::pin(handle_text(&mut attached, t.as_str(), &limits, tx)).await;
                     }
                     Some(Ok(Message::Binary(b))) => {
                         app.metrics.ws_received_bytes.inc_by(b.len() as u64);
@@ -373,7 +364,7 @@ async fn run(
                             msg: "binary frames are not supported: send JSON text frames".into(),
                         };
                         if let Some(out) = attached.handle_decode_error(e) {
-                            close = Some(finish(tx, out).await);
+                            close = Some(Box::pin(finish(tx, out)).await);
                         }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -388,8 +379,8 @@ async fn run(
                                 app.cfg.limits.max_frame_bytes
                             );
                             app.engine.metrics().error(ErrorCode::TooLarge.as_str());
-                            let _ = tx.send(Out::Frames(vec![ServerFrame::err(None, ErrorCode::TooLarge, reason.clone()).encode()])).await;
-                            let _ = tx.send(Out::Close(close::FRAME_TOO_LARGE, reason.clone())).await;
+                            let _ = Box::pin(tx.send(Out::Frames(vec![ServerFrame::err(None, ErrorCode::TooLarge, reason.clone()).encode()]))).await;
+                            let _ = Box::pin(tx.send(Out::Close(close::FRAME_TOO_LARGE, reason.clone()))).await;
                             close = Some((close::FRAME_TOO_LARGE, reason));
                             abandoned = true;
                         } else {
@@ -401,11 +392,11 @@ async fn run(
             out = attached.next() => {
                 match out {
                     Output::Frames(f) => {
-                        if timeout(dead_after, tx.send(Out::Frames(f))).await.is_err() {
+                        if Box::pin(timeout(dead_after, tx.send(Out::Frames(f)))).await.is_err() {
                             close = Some((close::HEARTBEAT_TIMEOUT, "client is not reading (send queue full)".into()));
                         }
                     }
-                    out @ Output::Close { .. } => close = Some(finish(tx, out).await),
+                    out @ Output::Close { .. } => close = Some(Box::pin(finish(tx, out)).await),
                 }
             }
             _ = ping.tick() => {
@@ -423,6 +414,40 @@ async fn run(
         addr = %addr, code, reason = %reason, "disconnected");
     drop(attached);
     abandoned
+}
+
+/// Handles the frames of one text message; `Some` when the connection is to close. Its own
+/// (boxed) future, so the decoded frames are not part of every idle connection's task.
+async fn handle_text(
+    attached: &mut Attached,
+    text: &str,
+    limits: &Limits,
+    tx: &mpsc::Sender<Out>,
+) -> Option<(u16, String)> {
+    for f in decode_frame(text, limits) {
+        let out = match f {
+            Ok(f) => attached.handle(f).await,
+            Err(e) => attached.handle_decode_error(e),
+        };
+        if let Some(out) = out {
+            return Some(finish(tx, out).await);
+        }
+    }
+    None
+}
+
+/// Handles the requests batched after the hello; `Some` when the connection is to close.
+async fn handle_frames(
+    attached: &mut Attached,
+    frames: Vec<ClientFrame>,
+    tx: &mpsc::Sender<Out>,
+) -> Option<(u16, String)> {
+    for f in frames {
+        if let Some(out) = attached.handle(f).await {
+            return Some(finish(tx, out).await);
+        }
+    }
+    None
 }
 
 /// Queues the final frames and the close; returns the close for logging.

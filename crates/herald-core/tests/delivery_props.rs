@@ -194,6 +194,11 @@ impl Client {
             *handled = o;
             let marker = body.trim_matches('"').to_string();
             self.seen.entry(s.to_string()).or_default().push(marker);
+        } else if self.acked.get(s).is_some_and(|&a| a >= o) {
+            // A redelivery of something this client acknowledged: that ack was lost with
+            // the old connection (the server counts the message in flight again), so it is
+            // acknowledged again, as the SDK does.
+            self.acked.insert(s.to_string(), o - 1);
         }
         self.unacked += 1;
     }

@@ -193,12 +193,11 @@ pub async fn run(common: &Common, opts: &FanoutOpts, out: &Path) -> anyhow::Resu
 
     let mut table = Table::new(
         &format!("Fan-out, one channel, {} messages of {} bytes, medians of {rounds} round(s) (latencies in ms)", opts.messages, opts.body),
-        &["system", "ack guarantee", "subscribers", "deliveries/s", "p50", "p99", "p99.9", "lost", "dup"],
+        &["system", "subscribers", "deliveries/s", "p50", "p99", "p99.9", "lost", "dup"],
     );
     for m in &medians {
         table.row(vec![
             m.name.clone(),
-            m.guarantee.clone(),
             int(m.subscribers as f64),
             int(m.deliveries_per_s),
             ms(m.p50_us),

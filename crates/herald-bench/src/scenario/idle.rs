@@ -135,6 +135,7 @@ pub async fn run(opts: &Opts, out_dir: &Path) -> anyhow::Result<Value> {
         "ip_local_port_range": port_range,
         "heartbeat": "server default (25 s ping, client answers pong)",
         "target_kib_per_conn": 10,
+        "markdown": markdown(&rows),
         "rows": rows,
     });
     std::fs::write(
@@ -367,4 +368,30 @@ fn print_table(rows: &[Row]) {
             println!("{:>9}  {n}", "");
         }
     }
+}
+
+/// The table for report.md.
+fn markdown(rows: &[Row]) -> String {
+    let mut md = String::from(
+        "Server VmRSS (`/proc/<pid>/status`) before and after N idle sessions (hello, welcome, \
+         then only ping/pong), per connection; target ≤ 10 KB.\n\n\
+         | sessions | established | RSS before (KiB) | RSS after (KiB) | KiB per connection | after holding | connects/s | note |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    let u = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.sessions,
+            r.established.map_or("-".to_string(), |v| v.to_string()),
+            u(r.rss_before_kib),
+            u(r.rss_after_kib),
+            f(r.kib_per_conn, 2),
+            f(r.kib_per_conn_after_hold, 2),
+            f(r.connects_per_sec, 0),
+            r.note.as_deref().unwrap_or("")
+        ));
+    }
+    md
 }

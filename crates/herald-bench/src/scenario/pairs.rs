@@ -233,14 +233,13 @@ pub async fn run(common: &Common, opts: &PairsOpts, out: &Path) -> anyhow::Resul
 
     let mut table = Table::new(
         &format!("1:1 acknowledged messaging, {}-byte bodies, medians of {rounds} round(s) (latencies in ms)", opts.body),
-        &["system", "ack guarantee", "pairs", "offered msg/s", "msg/s", "e2e p50", "e2e p99", "e2e p99.9", "ack p99", "srv CPU µs/msg", "lost", "dup"],
+        &["system", "pairs", "offered msg/s", "msg/s", "e2e p50", "e2e p99", "e2e p99.9", "ack p99", "srv CPU µs/msg", "lost", "dup"],
     );
     let mut sorted = medians.clone();
     sorted.sort_by_key(|m| (m.pairs, m.rate.unwrap_or(u64::MAX)));
     for m in &sorted {
         table.row(vec![
             m.name.clone(),
-            m.guarantee.clone(),
             m.pairs.to_string(),
             rate_label(m.rate),
             int(m.msgs_per_s),

@@ -89,6 +89,7 @@ pub async fn run(opts: &Opts, out_dir: &Path) -> anyhow::Result<Value> {
         "scenario": "restart",
         "system": "herald (fsync)",
         "method": "data generated with herald-store (SQLite, durability os, large batches), then herald started on it; times from spawn",
+        "markdown": markdown(&rows),
         "rows": rows,
     });
     std::fs::write(
@@ -283,4 +284,28 @@ fn print_table(rows: &[Row]) {
             r.rounds
         );
     }
+}
+
+/// The table for report.md.
+fn markdown(rows: &[Row]) -> String {
+    let mut md = String::from(
+        "Data written through herald-store (the server's own store code), then herald started on \
+         it; seconds from spawn, medians of the rounds.\n\n\
+         | stored messages | on disk (MB) | generated in (s) | listening (s) | /readyz 200 (s) | first publish ok (s) | RSS when ready (MiB) | rounds |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.1} | {:.3} | {:.3} | {:.3} | {:.1} | {} |\n",
+            r.messages,
+            r.disk_bytes as f64 / 1e6,
+            r.generate_secs,
+            r.listening_secs,
+            r.readyz_secs,
+            r.first_publish_secs,
+            r.rss_ready_kib as f64 / 1024.0,
+            r.rounds
+        ));
+    }
+    md
 }

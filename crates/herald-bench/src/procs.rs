@@ -238,3 +238,18 @@ impl Herald {
         Ok(Herald { proc, addr })
     }
 }
+
+/// Raises the soft fd limit to the hard one, then fails clearly (naming `what`) when
+/// `connections` sockets plus some slack would still not fit. Children spawned afterwards (the
+/// system under test) inherit the raised limit.
+pub fn ensure_fd_limit(connections: usize, what: &str) -> anyhow::Result<()> {
+    let (soft, _hard) = raise_fd_limit()?;
+    let need = connections as u64 + 256;
+    if soft < need {
+        bail!(
+            "{what}: {connections} connections need about {need} open files but the limit is \
+             {soft}; raise it (`ulimit -n`, or `nofile` in /etc/security/limits.conf)"
+        );
+    }
+    Ok(())
+}

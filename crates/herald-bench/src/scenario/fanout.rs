@@ -72,24 +72,9 @@ struct Median {
     duplicates: u64,
 }
 
-/// Raises the soft open-files limit to the hard one; fails with the figure needed if even
-/// that is too low for `conns` client connections (the server is a separate process that
-/// inherits the raised limit).
-pub fn ensure_fd_limit(conns: usize) -> anyhow::Result<()> {
-    let need = conns as u64 + 256;
-    let (soft, _hard) = crate::procs::raise_fd_limit()?;
-    if soft < need {
-        anyhow::bail!(
-            "{conns} connections need about {need} open files but the limit is {soft}; raise it \
-             (ulimit -n / limits.conf)"
-        );
-    }
-    Ok(())
-}
-
 pub async fn run(common: &Common, opts: &FanoutOpts, out: &Path) -> anyhow::Result<Section> {
     if let Some(&max) = opts.subscribers.iter().max() {
-        ensure_fd_limit(max)?;
+        crate::procs::ensure_fd_limit(max, "fan-out")?;
     }
     let work = out.join("work");
     let mut skipped = Skipped::default();

@@ -336,7 +336,7 @@ impl System for Mosquitto {
     }
 
     async fn fanout(&mut self, p: &FanoutParams) -> anyhow::Result<FanoutOutcome> {
-        peers::check_fds(p.subscribers + 2, "Mosquitto fan-out")?;
+        crate::procs::ensure_fd_limit(p.subscribers + 2, "Mosquitto fan-out")?;
         let port = self.port()?;
         self.run += 1;
         let run = self.run;

@@ -124,15 +124,7 @@ impl System for Nats {
         let run = self.run;
         let admin = jetstream::new(Nats::connect(&url).await?);
         let stream_name = format!("PAIRS{run}");
-        admin
-            .create_stream(stream::Config {
-                name: stream_name.clone(),
-                subjects: vec![format!("p{run}.>")],
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow!("create stream {stream_name}: {e}"))?;
+        create_file_stream(&admin, &stream_name, format!("p{run}.>")).await?;
 
         let clock = Clock::new();
         let sinks = Sinks::new(clock, p.pairs);
@@ -219,22 +211,14 @@ impl System for Nats {
     }
 
     async fn fanout(&mut self, p: &FanoutParams) -> anyhow::Result<FanoutOutcome> {
-        peers::check_fds(p.subscribers + 2, "NATS fan-out")?;
+        crate::procs::ensure_fd_limit(p.subscribers + 2, "NATS fan-out")?;
         let url = self.url()?;
         self.run += 1;
         let run = self.run;
         let subject = format!("f{run}.all");
         let admin = jetstream::new(Nats::connect(&url).await?);
         let stream_name = format!("FAN{run}");
-        admin
-            .create_stream(stream::Config {
-                name: stream_name.clone(),
-                subjects: vec![format!("f{run}.>")],
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow!("create stream {stream_name}: {e}"))?;
+        create_file_stream(&admin, &stream_name, format!("f{run}.>")).await?;
 
         let clock = Clock::new();
         let sinks = Sinks::new(clock, p.subscribers);
@@ -319,4 +303,22 @@ impl System for Nats {
         }
         Ok(())
     }
+}
+
+/// A file-backed JetStream stream named `name` over `subjects`.
+async fn create_file_stream(
+    admin: &jetstream::Context,
+    name: &str,
+    subjects: String,
+) -> anyhow::Result<()> {
+    admin
+        .create_stream(stream::Config {
+            name: name.to_string(),
+            subjects: vec![subjects],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow!("create stream {name}: {e}"))?;
+    Ok(())
 }

@@ -422,24 +422,3 @@ fn report_anomalies(logs: &[PubLog], sinks: &Sinks) {
         eprintln!("warning: {foreign} received bodies were malformed or misrouted");
     }
 }
-
-/// The soft open-files limit of this process, from /proc/self/limits.
-pub(crate) fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// Fails clearly when `connections` client sockets would not fit under the fd limit.
-pub(crate) fn check_fds(connections: usize, system: &str) -> anyhow::Result<()> {
-    if let Some(limit) = open_files_limit() {
-        let need = connections as u64 + 256;
-        if need > limit {
-            anyhow::bail!(
-                "{system}: {connections} client connections need about {need} open files but \
-                 this process may open {limit} (raise `ulimit -n`)"
-            );
-        }
-    }
-    Ok(())
-}

@@ -232,7 +232,7 @@ impl System for Redis {
     }
 
     async fn fanout(&mut self, p: &FanoutParams) -> anyhow::Result<FanoutOutcome> {
-        peers::check_fds(p.subscribers + 2, "Redis fan-out")?;
+        crate::procs::ensure_fd_limit(p.subscribers + 2, "Redis fan-out")?;
         let client = self.client()?;
         self.run += 1;
         let key = format!("f{}", self.run);

@@ -10,15 +10,18 @@
 //! the pump reads the next messages from the stream tail in memory or from the store.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use herald_protocol::{
     close, Ack, ClientFrame, ClientStream, DecodeError, ErrorCode, Gap, GapReason, OkFrame, Pub,
     ServerFrame, Sub, SubPosition, Target, Unsub, Welcome, WelcomeLimits,
 };
 use herald_protocol::{Body, ResumeError};
-use herald_store::{chan_key, inbox_key, NewMessage, SentRecord, StoreError};
+use herald_store::{chan_key, inbox_key, NewMessage, SentRange, StoreError};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, warn};
 
@@ -112,6 +115,8 @@ struct SentMsg {
     /// When it was stored (`msg.ts`).
     ts: u64,
     id: String,
+    /// Its sender asked for a receipt (so its ack must store one).
+    receipt: bool,
 }
 
 impl Position {
@@ -155,7 +160,12 @@ enum Effect {
 
 enum Answer {
     Ready(Reply),
+    /// Built by a background task (`sub`, `unsub`: the session write).
     Waiting(oneshot::Receiver<Reply>),
+    /// A `pub`: the store's commit, turned into the answer (and recorded in the session) by
+    /// whoever polls it: [`Attached::next`], [`Attached::settle_answers`], or a task that
+    /// [`Attached`]'s drop leaves behind. No task per publish.
+    Pending(Pin<Box<dyn Future<Output = Reply> + Send>>),
 }
 
 /// A connection attached to a session. Dropping it detaches the connection (the session then
@@ -401,6 +411,7 @@ impl Attached {
             let front = async {
                 match answers.front_mut() {
                     Some(Answer::Waiting(rx)) => rx.await.ok(),
+                    Some(Answer::Pending(fut)) => Some(fut.as_mut().await),
                     _ => std::future::pending().await,
                 }
             };
@@ -426,6 +437,27 @@ impl Attached {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(READ_RETRY), if retry => {}
             }
+        }
+    }
+
+    /// Completes the publishes already handed to the store, in request order, without
+    /// producing output: for a transport that cannot write now (its send queue is full), so
+    /// that a takeover waiting for this connection's requests is not held up by a socket.
+    /// Never returns; race it against the write.
+    pub async fn settle_answers(&mut self) -> std::convert::Infallible {
+        loop {
+            let Some(i) = self
+                .answers
+                .iter()
+                .position(|a| matches!(a, Answer::Pending(_)))
+            else {
+                return std::future::pending().await;
+            };
+            let reply = match &mut self.answers[i] {
+                Answer::Pending(f) => f.as_mut().await,
+                _ => continue,
+            };
+            self.answers[i] = Answer::Ready(reply);
         }
     }
 
@@ -455,6 +487,13 @@ impl Attached {
                 Answer::Ready(_) => match self.answers.pop_front() {
                     Some(Answer::Ready(r)) => r,
                     _ => break,
+                },
+                Answer::Pending(fut) => match fut.as_mut().now_or_never() {
+                    Some(r) => {
+                        self.answers.pop_front();
+                        r
+                    }
+                    None => break,
                 },
                 Answer::Waiting(rx) => match rx.try_recv() {
                     Ok(r) => {
@@ -605,10 +644,9 @@ impl Attached {
             g.pending += 1;
             self.engine.store().append(msg)
         };
-        let (tx, rx) = oneshot::channel();
         let engine = self.engine.clone();
         let session = self.session.clone();
-        self.engine.spawn_bg(async move {
+        self.answers.push_back(Answer::Pending(Box::pin(async move {
             let frame = match engine.count_append(fut.await) {
                 Ok(out) => {
                     let p = engine.published(out, user.as_deref());
@@ -633,9 +671,13 @@ impl Attached {
                     .encode()
                 }
             };
-            complete(&session, tx, seq, frame, Effect::None);
-        });
-        self.answers.push_back(Answer::Waiting(rx));
+            session.answered(seq, &frame);
+            session.done();
+            Reply {
+                frame,
+                effect: Effect::None,
+            }
+        })));
     }
 
     async fn on_sub(&mut self, s: Sub) {
@@ -801,8 +843,11 @@ impl Attached {
         let m = self.engine.metrics();
         m.acks.inc();
         let now = self.engine.now_ms();
+        let (mut popped, mut receipts) = (0u64, false);
         while pos.unacked.front().is_some_and(|f| f.offset <= upto) {
             if let Some(f) = pos.unacked.pop_front() {
+                popped += 1;
+                receipts |= f.receipt;
                 Metrics::observe_ms(&m.ack_latency, now.saturating_sub(f.ts));
                 debug!(uid = %self.session.uid, device = %self.session.device,
                     session = %self.session.id, conn = %self.conn_id, msg_id = %f.id,
@@ -810,15 +855,24 @@ impl Attached {
             }
         }
         if key == self.inbox {
-            let engine = self.engine.clone();
-            let (uid, device) = (self.session.uid.clone(), self.session.device.clone());
-            self.engine.spawn_bg(async move {
-                let now = engine.now_ms();
-                if let Err(err) = engine.store().set_cursor(&uid, &device, upto, now).await {
-                    warn!(uid = %uid, device = %device, %err, "inbox cursor not persisted");
-                }
-                send_receipts(&engine, &uid, &device, old, upto).await;
-            });
+            let (uid, device) = (&self.session.uid, &self.session.device);
+            // Offsets acked that this connection did not send (a gap, or sent before a
+            // resume) may want receipts too: only the store can tell.
+            let untracked = popped < upto - old;
+            if !receipts && !untracked {
+                // Nobody waits on the cursor: it is written with the next commit.
+                self.engine.store().advance_cursor(uid, device, upto, now);
+            } else {
+                let engine = self.engine.clone();
+                let (uid, device) = (uid.clone(), device.clone());
+                self.engine.spawn_bg(async move {
+                    let now = engine.now_ms();
+                    if let Err(err) = engine.store().set_cursor(&uid, &device, upto, now).await {
+                        warn!(uid = %uid, device = %device, %err, "inbox cursor not persisted");
+                    }
+                    send_receipts(&engine, &uid, &device, old, upto).await;
+                });
+            }
         } else if let Some(chan) = key.strip_prefix("chan:") {
             let mut g = self.session.lock();
             if g.generation == self.generation {
@@ -928,6 +982,7 @@ impl Attached {
                 offset: c.msg.offset,
                 ts: c.msg.ts,
                 id: c.msg.id.clone(),
+                receipt: c.msg.receipt,
             });
         }
         if let Some(last) = items.last() {
@@ -955,31 +1010,15 @@ impl Attached {
                     s = %name, o = c.msg.offset, redelivery = again, "delivered");
             }
             if key == self.inbox {
-                let records: Vec<SentRecord> = items
-                    .iter()
-                    .map(|c| SentRecord {
-                        msg_id: c.msg.id.clone(),
-                        stream: key.to_string(),
-                        offset: c.msg.offset,
-                        uid: self.session.uid.clone(),
-                        device: self.session.device.clone(),
-                        session: self.session.id.clone(),
-                        ts: self.engine.now_ms(),
-                    })
-                    .collect();
-                let engine = self.engine.clone();
-                self.engine.spawn_bg(async move {
-                    // All at once, so they share one group commit: one at a time, a batch of
-                    // N deliveries cost N commits and held up the writer (and with it the next
-                    // resume's welcome) long after the messages went out.
-                    let store = engine.store();
-                    let results = futures_util::future::join_all(
-                        records.into_iter().map(|r| store.record_sent(r)),
-                    )
-                    .await;
-                    if let Some(Err(err)) = results.into_iter().find(Result::is_err) {
-                        warn!(%err, "delivery record not written");
-                    }
+                // One record for the run; nothing waits on it.
+                self.engine.store().record_sent(SentRange {
+                    uid: self.session.uid.clone(),
+                    device: self.session.device.clone(),
+                    session: self.session.id.clone(),
+                    stream: key.to_string(),
+                    first,
+                    last: last.msg.offset,
+                    ts: now,
                 });
             }
         }
@@ -1005,6 +1044,23 @@ impl Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         self.detach();
+        // Publishes handed to the store still get their answers recorded in the session
+        // (a takeover waits for them, a resend is answered from them).
+        let pending: Vec<_> = self
+            .answers
+            .drain(..)
+            .filter_map(|a| match a {
+                Answer::Pending(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        if !pending.is_empty() {
+            self.engine.spawn_bg(async move {
+                for f in pending {
+                    f.await;
+                }
+            });
+        }
     }
 }
 

@@ -4,11 +4,11 @@
 //! Subscribers are cursors into the log, never queues: a reader that falls behind the tail
 //! simply reads the store instead (see [`Fetch::NeedStore`]). Nothing here can drop a message.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use herald_protocol::encode_msg;
-use herald_store::{CommitListener, StoredMessage};
+use herald_store::{CommitListener, StoredMessage, Trimmed};
 use tokio::sync::Notify;
 
 /// The name a client sees for a stream key: `inbox:<uid>` is its owner's `inbox`.
@@ -157,28 +157,57 @@ impl Streams {
 }
 
 impl CommitListener for Streams {
+    /// Appends a committed batch to the watched tails and wakes each watcher of a grown
+    /// stream once per batch. The `msg` frames are encoded outside the lock, once per message
+    /// for every recipient.
     fn committed(&self, messages: &[Arc<StoredMessage>]) {
+        let watched: Vec<bool> = {
+            let g = self.lock();
+            messages.iter().map(|m| g.contains_key(&m.stream)).collect()
+        };
+        let cached: Vec<Option<Arc<Cached>>> = messages
+            .iter()
+            .zip(watched)
+            .map(|(m, w)| w.then(|| Arc::new(Cached::new(m.clone()))))
+            .collect();
         let mut wake: Vec<Arc<Notify>> = Vec::new();
         {
             let mut g = self.lock();
-            for m in messages {
+            let mut grown: HashSet<&str> = HashSet::new();
+            for (m, c) in messages.iter().zip(cached) {
                 let Some(e) = g.get_mut(&m.stream) else {
                     continue;
                 };
                 e.last = e.last.max(m.offset);
                 let contiguous = e.tail.back().is_none_or(|b| b.msg.offset + 1 == m.offset);
-                if !contiguous {
-                    e.tail.clear();
+                match c {
+                    Some(c) if contiguous => e.tail.push_back(c),
+                    Some(c) => {
+                        e.tail.clear();
+                        e.tail.push_back(c);
+                    }
+                    // Watched only since the encoding above: readers load it from the store.
+                    None => e.tail.clear(),
                 }
-                e.tail.push_back(Arc::new(Cached::new(m.clone())));
                 while e.tail.len() > self.tail_cap {
                     e.tail.pop_front();
                 }
-                wake.extend(e.watchers.values().cloned());
+                grown.insert(&m.stream);
+            }
+            for stream in grown {
+                if let Some(e) = g.get(stream) {
+                    wake.extend(e.watchers.values().cloned());
+                }
             }
         }
         for n in wake {
             n.notify_one();
+        }
+    }
+
+    fn trimmed(&self, streams: &[Trimmed]) {
+        for t in streams {
+            Streams::trimmed(self, &t.stream, t.first);
         }
     }
 }

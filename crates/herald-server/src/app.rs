@@ -134,6 +134,7 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     store_cfg.durability = cfg.storage.durability;
     store_cfg.max_batch = cfg.storage.max_batch;
     store_cfg.max_db_bytes = (cfg.storage.max_db_bytes > 0).then_some(cfg.storage.max_db_bytes);
+    store_cfg.retention = engine_cfg.retention;
     let store = SqliteStore::open(store_cfg, streams.clone())
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     let store = Arc::new(store);

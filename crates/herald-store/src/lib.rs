@@ -29,6 +29,12 @@ pub use model::*;
 /// a multi-node backend would publish here too.
 pub trait CommitListener: Send + Sync + 'static {
     fn committed(&self, messages: &[Arc<StoredMessage>]);
+
+    /// Retention removed a prefix of these streams in a commit (a channel's count cap holds
+    /// at append time). Called on the writer thread after the commit, before any answer.
+    fn trimmed(&self, streams: &[Trimmed]) {
+        let _ = streams;
+    }
 }
 
 /// Observes every transaction of the store's writer (for metrics): how many operations it
@@ -93,9 +99,10 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a session record for good.
     async fn delete_session(&self, id: &str) -> Result<(), StoreError>;
 
-    /// Moves the inbox cursor of (uid, device) forward to `offset` (never backwards) and marks
-    /// that device's deliveries up to `offset` acknowledged at `ts`. Creates the device if new,
-    /// recording `offset` as its start and `ts` as when it was first seen.
+    /// Moves the inbox cursor of (uid, device) forward to `offset` (never backwards) and
+    /// records that the device acknowledged up to `offset` at `ts`. Creates the device if new,
+    /// recording `offset` as its start and `ts` as when it was first seen. Resolves once
+    /// durable.
     async fn set_cursor(
         &self,
         uid: &str,
@@ -104,17 +111,24 @@ pub trait Store: Send + Sync + 'static {
         ts: u64,
     ) -> Result<(), StoreError>;
 
+    /// [`Store::set_cursor`] without an answer: queued now, made durable with the next
+    /// commit (cursor moves of one device in one commit become one write). For acks, which
+    /// nobody waits on: a lost cursor move only means a redelivery, which clients dedupe. A
+    /// failure is logged by the store.
+    fn advance_cursor(&self, uid: &str, device: &str, offset: u64, ts: u64);
+
     /// The inbox cursor of (uid, device); `None` for a device never seen.
     async fn cursor(&self, uid: &str, device: &str) -> Result<Option<u64>, StoreError>;
 
     /// All known devices of `uid` with their cursors.
     async fn devices(&self, uid: &str) -> Result<Vec<DeviceCursor>, StoreError>;
 
-    /// Records that inbox message `d.offset` was sent to a device (one row per message and
-    /// device; a resend bumps `attempts`).
-    async fn record_sent(&self, d: SentRecord) -> Result<(), StoreError>;
+    /// Records that a run of inbox messages was sent to a device. Queued now, durable with
+    /// the next commit; nothing waits on it (a failure is logged by the store).
+    fn record_sent(&self, range: SentRange);
 
-    /// The delivery rows of one message.
+    /// Per device, what happened to message `msg_id`: derived from the sent ranges covering
+    /// its offset and from the device's acknowledgements.
     async fn deliveries(&self, msg_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
 
     /// Appends to the event feed (evictions, resume failures, gaps, kicks).

@@ -16,7 +16,9 @@ pub fn chan_key(chan: &str) -> String {
     format!("chan:{chan}")
 }
 
-/// A message to append.
+/// A message to append. Everything that must survive with the message is in it: the store
+/// writes it as one record (the idempotency key and the sender's `seq` are columns of the
+/// message row, not rows of their own).
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     /// Stream key: `inbox:<uid>` or `chan:<name>`.
@@ -149,17 +151,27 @@ pub struct TrimmedMessage {
     pub trimmed_ms: u64,
 }
 
-/// An inbox message was written to a device's connection.
+/// A run of inbox messages written to one device's connection in one delivery batch.
+///
+/// One record per batch, not per message: the trace reads "sent" from the ranges covering an
+/// offset (a redelivery is one more covering range), and nothing waits on it being durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentRecord {
-    pub msg_id: String,
-    pub stream: String,
-    pub offset: u64,
+pub struct SentRange {
     pub uid: String,
     pub device: String,
+    /// The session whose connection sent it.
     pub session: String,
+    /// Stream key (`inbox:<uid>`).
+    pub stream: String,
+    /// First and last offset sent, inclusive (`first <= last`).
+    pub first: u64,
+    pub last: u64,
     pub ts: u64,
 }
+
+/// Longest run one [`SentRange`] record covers: the store splits longer ones, so that the
+/// records covering an offset `o` all end within `o..o + SENT_RANGE_MAX` (a bounded lookup).
+pub const SENT_RANGE_MAX: u64 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -228,8 +240,9 @@ pub struct SearchQuery {
     pub limit: usize,
 }
 
-/// Retention settings, all in milliseconds or counts; 0 disables a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Retention settings, all in milliseconds or counts; 0 disables a rule (the default
+/// disables all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Retention {
     pub channel_max_messages: u64,
     pub channel_max_age_ms: u64,

@@ -47,10 +47,15 @@ pub struct SqliteConfig {
     /// Size cap of the database, enforced with `PRAGMA max_page_count`. A write that would
     /// exceed it fails with [`StoreError::Unavailable`], exactly like a full disk.
     pub max_db_bytes: Option<u64>,
+    /// The retention rules the writer applies at append time: `channel_max_messages` holds
+    /// at every commit, and an idempotency key older than `dedupe_window_ms` is not matched.
+    /// The other rules run in [`Store::trim`].
+    pub retention: Retention,
 }
 
 impl SqliteConfig {
-    /// Defaults: fsync durability, batches of up to 1024 operations, 2 readers, no quota.
+    /// Defaults: fsync durability, batches of up to 1024 operations, 2 readers, no quota,
+    /// no append-time retention.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SqliteConfig {
             path: path.into(),
@@ -58,6 +63,7 @@ impl SqliteConfig {
             max_batch: 1024,
             readers: 2,
             max_db_bytes: None,
+            retention: Retention::default(),
         }
     }
 }
@@ -157,6 +163,7 @@ impl SqliteStore {
             conn,
             queue,
             max_batch,
+            cfg.retention,
             listener,
             shared.clone(),
             checkpointer,
@@ -237,9 +244,23 @@ impl SqliteStore {
         let commands = self.commands.as_ref().ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
         commands
-            .send(Command::Write(write, reply))
+            .send(Command::Write(write, Some(reply)))
             .map_err(|_| self.writer_gone())?;
         Ok(answer)
+    }
+
+    /// Queues `write` with no answer: its failure is logged by the writer.
+    fn queue_unanswered(&self, write: Write) {
+        let queued = self
+            .check_open()
+            .and_then(|()| self.commands.as_ref().ok_or(StoreError::Closed))
+            .and_then(|c| {
+                c.send(Command::Write(write, None))
+                    .map_err(|_| self.writer_gone())
+            });
+        if let Err(e) = queued {
+            tracing::warn!(error = %e, "a delivery record or cursor move was not queued");
+        }
     }
 
     /// The error for a writer thread that no longer takes commands.
@@ -333,6 +354,15 @@ impl Store for SqliteStore {
         unit(self.submit(write).await?)
     }
 
+    fn advance_cursor(&self, uid: &str, device: &str, offset: u64, ts: u64) {
+        self.queue_unanswered(Write::SetCursor {
+            uid: uid.to_owned(),
+            device: device.to_owned(),
+            offset,
+            ts,
+        });
+    }
+
     async fn cursor(&self, uid: &str, device: &str) -> Result<Option<u64>, StoreError> {
         self.check_open()?;
         let (uid, device) = (uid.to_owned(), device.to_owned());
@@ -347,8 +377,8 @@ impl Store for SqliteStore {
         self.readers.run(move |c| read::devices(c, &uid)).await
     }
 
-    async fn record_sent(&self, d: SentRecord) -> Result<(), StoreError> {
-        unit(self.submit(Write::RecordSent(d)).await?)
+    fn record_sent(&self, range: SentRange) {
+        self.queue_unanswered(Write::RecordSent(range));
     }
 
     async fn deliveries(&self, msg_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {

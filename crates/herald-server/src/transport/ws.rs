@@ -392,7 +392,17 @@ async fn run(
             out = attached.next() => {
                 match out {
                     Output::Frames(f) => {
-                        if Box::pin(timeout(dead_after, tx.send(Out::Frames(f)))).await.is_err() {
+                        // While the queue is full, publishes already stored still get their
+                        // answers recorded, so a takeover is not held up by this socket.
+                        // Boxed: not part of every idle connection's task.
+                        let sent = Box::pin(async {
+                            tokio::select! {
+                                r = timeout(dead_after, tx.send(Out::Frames(f))) => r,
+                                never = attached.settle_answers() => match never {},
+                            }
+                        })
+                        .await;
+                        if sent.is_err() {
                             close = Some((close::HEARTBEAT_TIMEOUT, "client is not reading (send queue full)".into()));
                         }
                     }

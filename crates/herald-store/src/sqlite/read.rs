@@ -335,51 +335,88 @@ pub(super) fn devices(conn: &Connection, uid: &str) -> Result<Vec<DeviceCursor>,
     .map_err(sql_error)
 }
 
-/// The delivery rows of `msg_id`. A row is `Acked` once `acked_ms` is set, or when the
-/// device's inbox cursor has passed the message (then `acked_ms` is the time the cursor last
-/// moved: the acknowledgement happened no later than that).
+/// What happened to `msg_id` per device of its inbox's owner: derived from the sent ranges
+/// covering its offset (a range per send; more than one means redelivered) and the device's
+/// acknowledgements (the first cursor move at or past the offset, else the cursor itself).
+/// Channel messages have no per-device records.
 pub(super) fn deliveries(
     conn: &Connection,
     msg_id: &str,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
-    conn.prepare_cached(
-        "SELECT d.msg_id, d.uid, d.device, d.session, d.first_sent_ms, d.last_sent_ms,
-                d.attempts, d.acked_ms, d.stream, d.offset, c.offset, c.updated_ms
-         FROM deliveries d
-         LEFT JOIN devices c ON c.uid = d.uid AND c.device = d.device
-         WHERE d.msg_id = ?1 ORDER BY d.uid, d.device",
-    )
-    .and_then(|mut stmt| {
-        stmt.query_map([msg_id], |r| {
-            let uid: String = r.get(1)?;
-            let stream: String = r.get(8)?;
-            let offset: u64 = r.get(9)?;
-            let cursor: Option<u64> = r.get(10)?;
-            let cursor_moved: Option<u64> = r.get(11)?;
-            let mut acked_ms: Option<u64> = r.get(7)?;
-            if acked_ms.is_none() && stream == inbox_key(&uid) && cursor >= Some(offset) {
-                acked_ms = cursor_moved;
-            }
-            let state = if acked_ms.is_some() {
-                DeliveryState::Acked
-            } else {
-                DeliveryState::Sent
-            };
-            Ok(DeliveryRecord {
-                msg_id: r.get(0)?,
-                uid,
-                device: r.get(2)?,
-                session: r.get(3)?,
-                state,
-                first_sent_ms: r.get(4)?,
-                last_sent_ms: r.get(5)?,
-                attempts: r.get(6)?,
-                acked_ms,
+    let at: Option<(String, u64)> = conn
+        .prepare_cached(
+            "SELECT stream, offset FROM messages WHERE id = ?1
+             UNION ALL SELECT stream, offset FROM trimmed WHERE id = ?1 LIMIT 1",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row([msg_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(sql_error)?;
+    let Some((stream, offset)) = at else {
+        return Ok(Vec::new());
+    };
+    let Some(uid) = stream.strip_prefix("inbox:") else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for d in devices(conn, uid)? {
+        let sends: Vec<(String, u64)> = conn
+            .prepare_cached(
+                "SELECT session, sent_ms FROM sent
+                 WHERE uid = ?1 AND device = ?2 AND stream = ?3
+                   AND last >= ?4 AND last < ?5 AND first <= ?4
+                 ORDER BY rowid",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(
+                    params![
+                        uid,
+                        d.device,
+                        stream,
+                        offset,
+                        offset.saturating_add(SENT_RANGE_MAX)
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .collect::<rusqlite::Result<_>>()
             })
-        })?
-        .collect()
-    })
-    .map_err(sql_error)
+            .map_err(sql_error)?;
+        let (Some(first), Some(latest)) = (sends.first(), sends.last()) else {
+            continue;
+        };
+        let mut acked_ms: Option<u64> = conn
+            .prepare_cached(
+                "SELECT ts FROM acks WHERE uid = ?1 AND device = ?2 AND last >= ?3
+                 ORDER BY last LIMIT 1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![uid, d.device, offset], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(sql_error)?;
+        if acked_ms.is_none() && d.offset >= offset {
+            // Acknowledged no later than the cursor's last move (records purged meanwhile).
+            acked_ms = Some(d.updated_ms);
+        }
+        let state = if acked_ms.is_some() {
+            DeliveryState::Acked
+        } else {
+            DeliveryState::Sent
+        };
+        out.push(DeliveryRecord {
+            msg_id: msg_id.to_owned(),
+            uid: uid.to_owned(),
+            device: d.device.clone(),
+            session: latest.0.clone(),
+            state,
+            first_sent_ms: first.1,
+            last_sent_ms: sends.iter().map(|s| s.1).max().unwrap_or(first.1),
+            attempts: u32::try_from(sends.len()).unwrap_or(u32::MAX),
+            acked_ms,
+        });
+    }
+    Ok(out)
 }
 
 /// Matching events, oldest first: with `after_id` the first `q.limit` (0 → 100) after it, so a

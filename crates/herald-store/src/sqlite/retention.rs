@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::model::{Retention, Trimmed};
 
-/// Most rows of each kind (messages, idempotency keys, events, sessions, deliveries) that
-/// one `trim` call removes.
+/// Most rows of each kind (messages, events, sessions, delivery records) that one `trim`
+/// call removes.
 pub(super) const TRIM_BUDGET: u64 = 10_000;
 
 /// Key range (`>= start`, `< end`) of the channel streams: `chan:` … `chan;` (`;` follows `:`).
@@ -82,13 +82,23 @@ fn trim_within(
                      WHERE state = 'closed' AND last_seen_ms < ?1 LIMIT ?2)",
             )?
             .execute(params![cutoff, limit])?;
+        // Delivery records go with their messages: ranges and ack records older than the
+        // tombstone time that lie wholly below their stream's oldest retained offset. Rows are
+        // walked oldest first (rowid order is time order) within the budget.
         deliveries = conn
             .prepare_cached(
-                "DELETE FROM deliveries WHERE rowid IN
-                    (SELECT d.rowid FROM deliveries d
-                     WHERE d.last_sent_ms < ?1
-                       AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = d.msg_id)
-                     LIMIT ?2)",
+                "DELETE FROM sent WHERE rowid IN
+                    (SELECT s.rowid FROM sent s JOIN streams t ON t.stream = s.stream
+                     WHERE s.rowid IN (SELECT rowid FROM sent ORDER BY rowid LIMIT ?2)
+                       AND s.sent_ms < ?1 AND s.last < t.first)",
+            )?
+            .execute(params![cutoff, limit])?;
+        deliveries += conn
+            .prepare_cached(
+                "DELETE FROM acks WHERE rowid IN
+                    (SELECT a.rowid FROM acks a JOIN streams t ON t.stream = 'inbox:' || a.uid
+                     WHERE a.rowid IN (SELECT rowid FROM acks ORDER BY rowid LIMIT ?2)
+                       AND a.ts < ?1 AND a.last < t.first)",
             )?
             .execute(params![cutoff, limit])?;
         headers = conn
@@ -136,6 +146,41 @@ fn trim_by_count(
         remove_prefix(conn, stream, first, keep_from, now_ms, budget, moved)?;
     }
     Ok(())
+}
+
+/// The count cap of channel `stream` (whose newest offset is `last`), applied in the commit
+/// that appended to it: the oldest messages beyond `max` go now, not at the next periodic
+/// trim. `None` when nothing was over the cap.
+pub(super) fn cap(
+    conn: &Connection,
+    stream: &str,
+    last: u64,
+    max: u64,
+    now_ms: u64,
+) -> rusqlite::Result<Option<Trimmed>> {
+    let first: Option<u64> = conn
+        .prepare_cached("SELECT first FROM streams WHERE stream = ?1")?
+        .query_row([stream], |r| r.get(0))
+        .optional()?;
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    let keep_from = last.saturating_sub(max) + 1;
+    if keep_from <= first {
+        return Ok(None);
+    }
+    let mut moved = BTreeMap::new();
+    let mut budget = TRIM_BUDGET;
+    remove_prefix(
+        conn,
+        stream.to_owned(),
+        first,
+        keep_from,
+        now_ms,
+        &mut budget,
+        &mut moved,
+    )?;
+    Ok(moved.into_values().next())
 }
 
 /// Streams of `range` lose their leading messages older than `cutoff` (ts < cutoff). The
@@ -224,6 +269,17 @@ fn remove_prefix(
         )?
         .execute(params![stream, first, keep_from, now_ms])?;
     }
+    // Idempotency keys outlive their messages until the dedupe window passed.
+    conn.prepare_cached(
+        "INSERT INTO idem (sender, key, ts, msg_id, stream, offset)
+         SELECT sender, idem, ts, id, stream, offset FROM messages
+         WHERE stream = ?1 AND offset >= ?2 AND offset < ?3 AND idem IS NOT NULL
+         ON CONFLICT (sender, key) DO UPDATE SET
+            ts = excluded.ts, msg_id = excluded.msg_id, stream = excluded.stream,
+            offset = excluded.offset
+         WHERE excluded.ts >= idem.ts",
+    )?
+    .execute(params![stream, first, keep_from])?;
     let removed = conn
         .prepare_cached("DELETE FROM messages WHERE stream = ?1 AND offset >= ?2 AND offset < ?3")?
         .execute(params![stream, first, keep_from])? as u64;

@@ -15,7 +15,7 @@ use crate::model::Durability;
 use crate::StoreError;
 
 /// The layout version this code reads and writes (`meta.schema_version`).
-pub(super) const SCHEMA_VERSION: u32 = 2;
+pub(super) const SCHEMA_VERSION: u32 = 3;
 
 /// How long a connection waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,32 +24,32 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// `search` builds up to 32 variants).
 const STATEMENT_CACHE: usize = 128;
 
-/// All tables and indexes. Column notes:
+/// All tables and indexes (schema version 3). Column notes:
 /// - `streams.last` is the newest offset ever assigned and is never lowered, so offsets are
 ///   not reused after retention removed everything; `streams.first` is the oldest retained
 ///   offset (`last + 1` when empty). Messages only ever leave a stream as a prefix, so the
-///   retained offsets are exactly `first..=last`.
-/// - `messages.body` is the raw JSON text the publisher sent.
-/// - `idem` maps (sender, key) to the original message for idempotent publishes.
+///   retained offsets are exactly `first..=last`. The writer keeps the heads in memory and
+///   writes each touched stream's row once per commit.
+/// - `messages` is the one record written per message. `body` is the raw JSON text the
+///   publisher sent; `session`/`seq` are the sender session and request it answered (the
+///   writer raises `sessions.acked_seq` from them once per session per commit); `idem` is the
+///   publisher's idempotency key, found through the partial index `messages_by_idem`.
+/// - `idem` keeps the keys of messages retention removed, until the dedupe window passed,
+///   so a publish retried after its original was trimmed is still answered as a duplicate.
 /// - `sessions.acked_seq` is authoritative over the copy inside `sessions.record` (JSON),
-///   because appends bump it with a plain `UPDATE`.
-/// - `deliveries.acked_ms` is NULL until the device's cursor passes the message; the partial
-///   index `deliveries_unacked` keeps `set_cursor` from scanning acknowledged rows.
+///   because commits raise it with a plain `UPDATE`.
+/// - `sent` holds one row per run of inbox offsets sent to a device in one delivery batch
+///   (at most `SENT_RANGE_MAX` offsets), `acks` one row per move of a device's cursor in one
+///   commit: a trace derives sent, redelivered and acknowledged (with times) from them.
 /// - `events.id` is `AUTOINCREMENT` so ids are never reused after purging the newest ones.
 /// - `outbox` holds webhook deliveries not yet made, one row per (event, webhook), written in
 ///   the event's commit; `body` is the exact JSON sent. Rows leave when delivered or given up
-///   (never by retention). The table was added without a version bump: `CREATE … IF NOT
-///   EXISTS` adds it to older databases, and older builds ignore it.
-/// - `devices.start_offset` / `devices.created_ms` (version 2) are the cursor a device started
-///   with and when it was first seen; NULL for devices recorded by version 1.
-/// - `trimmed` (version 2) keeps the header of each inbox message retention removed, for
+///   (never by retention).
+/// - `devices.start_offset` / `devices.created_ms` are the cursor a device started with and
+///   when it was first seen; NULL for devices recorded by version 1.
+/// - `trimmed` keeps the header of each inbox message retention removed, for
 ///   `retention.tombstone_ms`, so a trace can say "trimmed before ack" instead of "unknown".
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-
 CREATE TABLE IF NOT EXISTS streams (
     stream TEXT PRIMARY KEY,
     first  INTEGER NOT NULL,
@@ -64,12 +64,16 @@ CREATE TABLE IF NOT EXISTS messages (
     sender  TEXT NOT NULL,
     ts      INTEGER NOT NULL,
     body    TEXT NOT NULL,
-    receipt INTEGER NOT NULL
+    receipt INTEGER NOT NULL,
+    session TEXT,
+    seq     INTEGER,
+    idem    TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_offset ON messages(stream, offset);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages(id);
 CREATE INDEX IF NOT EXISTS messages_by_ts ON messages(ts);
 CREATE INDEX IF NOT EXISTS messages_by_sender ON messages(sender, ts);
+CREATE INDEX IF NOT EXISTS messages_by_idem ON messages(sender, idem) WHERE idem IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS idem (
     sender TEXT NOT NULL,
@@ -111,23 +115,26 @@ CREATE TABLE IF NOT EXISTS trimmed (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS trimmed_by_time ON trimmed(trimmed_ms);
 
-CREATE TABLE IF NOT EXISTS deliveries (
-    rowid         INTEGER PRIMARY KEY,
-    msg_id        TEXT NOT NULL,
-    uid           TEXT NOT NULL,
-    device        TEXT NOT NULL,
-    stream        TEXT NOT NULL,
-    offset        INTEGER NOT NULL,
-    session       TEXT NOT NULL,
-    first_sent_ms INTEGER NOT NULL,
-    last_sent_ms  INTEGER NOT NULL,
-    attempts      INTEGER NOT NULL,
-    acked_ms      INTEGER
+CREATE TABLE IF NOT EXISTS sent (
+    rowid   INTEGER PRIMARY KEY,
+    uid     TEXT NOT NULL,
+    device  TEXT NOT NULL,
+    stream  TEXT NOT NULL,
+    first   INTEGER NOT NULL,
+    last    INTEGER NOT NULL,
+    session TEXT NOT NULL,
+    sent_ms INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS deliveries_by_msg ON deliveries(msg_id, uid, device);
-CREATE INDEX IF NOT EXISTS deliveries_unacked
-    ON deliveries(uid, device, stream, offset) WHERE acked_ms IS NULL;
-CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(last_sent_ms);
+CREATE INDEX IF NOT EXISTS sent_by_device ON sent(uid, device, stream, last);
+
+CREATE TABLE IF NOT EXISTS acks (
+    rowid  INTEGER PRIMARY KEY,
+    uid    TEXT NOT NULL,
+    device TEXT NOT NULL,
+    last   INTEGER NOT NULL,
+    ts     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS acks_by_device ON acks(uid, device, last);
 
 CREATE TABLE IF NOT EXISTS events (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -244,7 +251,10 @@ pub(super) fn create_schema(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn create_schema_in_tx(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(SCHEMA).map_err(sql_error)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;",
+    )
+    .map_err(sql_error)?;
     let found: Option<String> = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -253,39 +263,84 @@ fn create_schema_in_tx(conn: &Connection) -> Result<(), StoreError> {
         )
         .optional()
         .map_err(sql_error)?;
-    match found {
+    let version = match found.as_deref() {
         None => {
+            conn.execute_batch(SCHEMA).map_err(sql_error)?;
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
                 [SCHEMA_VERSION.to_string()],
             )
             .map_err(sql_error)?;
-            Ok(())
+            return Ok(());
         }
-        Some(v) if v == SCHEMA_VERSION.to_string() => Ok(()),
-        Some(v) if v == "1" => migrate_from_1(conn),
-        Some(v) => Err(StoreError::Corrupt(format!(
-            "database schema version {v} is not supported (this build reads {SCHEMA_VERSION})"
-        ))),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|v| (1..=SCHEMA_VERSION).contains(v)),
+    };
+    let Some(version) = version else {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {} is not supported (this build reads versions 1 to {SCHEMA_VERSION}); \
+             it was written by a newer herald: run that version, or start with an empty data directory",
+            found.unwrap_or_default()
+        )));
+    };
+    if version < 2 {
+        migrate_1_to_2(conn)?;
     }
+    if version < 3 {
+        // The new columns first: SCHEMA indexes them.
+        conn.execute_batch(
+            "ALTER TABLE messages ADD COLUMN session TEXT;
+             ALTER TABLE messages ADD COLUMN seq INTEGER;
+             ALTER TABLE messages ADD COLUMN idem TEXT;",
+        )
+        .map_err(sql_error)?;
+    }
+    conn.execute_batch(SCHEMA).map_err(sql_error)?;
+    if version < 3 {
+        migrate_2_to_3(conn)?;
+    }
+    if version < SCHEMA_VERSION {
+        conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+            [SCHEMA_VERSION.to_string()],
+        )
+        .map_err(sql_error)?;
+        tracing::info!("database schema migrated from version {version} to {SCHEMA_VERSION}");
+    }
+    Ok(())
 }
 
 /// Version 1 → 2: the devices table learns where each device started. Runs inside the schema
-/// transaction, so a failed migration leaves version 1 intact. (`SCHEMA` already created the
-/// new `trimmed` table: `CREATE … IF NOT EXISTS` on a version 1 database.)
-fn migrate_from_1(conn: &Connection) -> Result<(), StoreError> {
+/// transaction, so a failed migration leaves the old version intact.
+fn migrate_1_to_2(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(
         "ALTER TABLE devices ADD COLUMN start_offset INTEGER;
          ALTER TABLE devices ADD COLUMN created_ms INTEGER;",
     )
-    .map_err(sql_error)?;
-    conn.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
-        [SCHEMA_VERSION.to_string()],
+    .map_err(sql_error)
+}
+
+/// Version 2 → 3: one record per message. Idempotency keys are copied from the `idem` table
+/// into their message rows (the table keeps them too, where trimmed keys now live); per-message delivery rows become one-offset sent ranges (a row sent
+/// more than once keeps its first and its last send) and acknowledgement times become
+/// cursor moves. Runs inside the schema transaction.
+fn migrate_2_to_3(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "UPDATE messages SET idem = (SELECT i.key FROM idem i WHERE i.msg_id = messages.id)
+             WHERE id IN (SELECT msg_id FROM idem);
+         INSERT INTO sent (uid, device, stream, first, last, session, sent_ms)
+             SELECT uid, device, stream, offset, offset, session, first_sent_ms FROM deliveries;
+         INSERT INTO sent (uid, device, stream, first, last, session, sent_ms)
+             SELECT uid, device, stream, offset, offset, session, last_sent_ms FROM deliveries
+             WHERE attempts > 1;
+         INSERT INTO acks (uid, device, last, ts)
+             SELECT uid, device, offset, acked_ms FROM deliveries WHERE acked_ms IS NOT NULL
+             ORDER BY acked_ms;
+         DROP TABLE deliveries;",
     )
-    .map_err(sql_error)?;
-    tracing::info!("database schema migrated from version 1 to {SCHEMA_VERSION}");
-    Ok(())
+    .map_err(sql_error)
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {

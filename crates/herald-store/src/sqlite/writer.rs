@@ -19,7 +19,7 @@
 //! It must never block on anything but SQLite: answers go through oneshot channels and the
 //! commit listener is required to be quick.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -47,7 +47,7 @@ pub(super) enum Write {
         offset: u64,
         ts: u64,
     },
-    RecordSent(SentRecord),
+    RecordSent(SentRange),
     /// An event and its webhook targets (one outbox row each), in one commit.
     AppendEvent(NewEvent, Vec<String>),
     /// Removes a delivery from the outbox (delivered, or given up).
@@ -76,8 +76,9 @@ pub(super) enum Done {
     Unit,
 }
 
-/// Where a command's answer goes.
-pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+/// Where a command's answer goes; `None` for writes nobody waits on (their failure is
+/// logged here).
+pub(super) type Reply<T> = Option<oneshot::Sender<Result<T, StoreError>>>;
 
 /// What the store sends to the writer thread.
 // Nearly every command is a `Write`: boxing it would add an allocation per write to make
@@ -87,7 +88,7 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(super) enum Command {
     Write(Write, Reply<Done>),
     /// Commit what came before, checkpoint the WAL, stop. Later commands get `Closed`.
-    Close(Reply<()>),
+    Close(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// Starts the writer thread on `conn`.
@@ -95,6 +96,7 @@ pub(super) fn spawn(
     conn: Connection,
     queue: mpsc::UnboundedReceiver<Command>,
     max_batch: usize,
+    retention: Retention,
     listener: Arc<dyn CommitListener>,
     shared: Arc<Shared>,
     checkpointer: Checkpointer,
@@ -103,6 +105,7 @@ pub(super) fn spawn(
         conn,
         queue,
         max_batch,
+        retention,
         offsets: HashMap::new(),
         listener,
         shared,
@@ -122,6 +125,9 @@ struct Writer {
     queue: mpsc::UnboundedReceiver<Command>,
     /// Most commands taken into one transaction.
     max_batch: usize,
+    /// The rules applied at append time: channel count caps (so a cap holds at every commit)
+    /// and the idempotency window.
+    retention: Retention,
     /// Last offset assigned per stream. Between batches it equals the committed
     /// `streams.last`; a stream absent here is loaded from the table on first use.
     offsets: HashMap<String, u64>,
@@ -187,13 +193,65 @@ impl Checkpointer {
     }
 }
 
-/// What one batch produced besides the answers.
+/// What one batch produced besides the answers, and the coalesced writes it still owes
+/// before its `COMMIT` (see [`Writer::finish`]).
 #[derive(Default)]
 struct BatchEffects {
     /// Messages newly stored, in the order their offsets were assigned.
     stored: Vec<Arc<StoredMessage>>,
-    /// Streams whose in-memory counter this batch moved (forgotten if it fails).
-    touched: HashSet<String>,
+    /// Streams whose in-memory counter this batch moved (forgotten if it fails), with the
+    /// first offset the batch assigned in each.
+    touched: HashMap<String, u64>,
+    /// Highest request `seq` answered per sender session: one `acked_seq` update each.
+    session_seq: HashMap<String, u64>,
+    /// Cursor moves per (uid, device): one device row and one ack record each.
+    cursors: HashMap<(String, String), CursorMove>,
+    /// Sent ranges, adjacent ones of the same device and session joined.
+    sent: Vec<SentRange>,
+    /// Streams the append-time count cap trimmed.
+    trimmed: Vec<Trimmed>,
+}
+
+/// The coalesced cursor moves of one device in one batch.
+struct CursorMove {
+    /// The first offset set in the batch (a new device's start).
+    start: u64,
+    /// The highest offset set.
+    offset: u64,
+    /// When the device was first set in the batch, and when last.
+    first_ts: u64,
+    ts: u64,
+}
+
+impl BatchEffects {
+    fn sent(&mut self, r: SentRange) {
+        if let Some(prev) = self
+            .sent
+            .iter_mut()
+            .rev()
+            .find(|p| p.uid == r.uid && p.device == r.device && p.stream == r.stream)
+        {
+            if prev.session == r.session
+                && prev.last + 1 == r.first
+                && r.last - prev.first < SENT_RANGE_MAX
+            {
+                prev.last = r.last;
+                prev.ts = r.ts;
+                return;
+            }
+        }
+        // Split runs longer than the lookup bound.
+        let mut first = r.first;
+        while first <= r.last {
+            let last = r.last.min(first + SENT_RANGE_MAX - 1);
+            self.sent.push(SentRange {
+                first,
+                last,
+                ..r.clone()
+            });
+            first = last + 1;
+        }
+    }
 }
 
 impl Writer {
@@ -261,9 +319,20 @@ impl Writer {
                 if !effects.stored.is_empty() {
                     self.notify(&effects.stored);
                 }
+                if !effects.trimmed.is_empty() {
+                    self.notify_trimmed(&effects.trimmed);
+                }
                 for (reply, answer) in replies.into_iter().zip(answers) {
-                    // The caller may have stopped waiting; the write is durable regardless.
-                    let _ = reply.send(answer);
+                    match (reply, answer) {
+                        // The caller may have stopped waiting; the write is durable regardless.
+                        (Some(reply), answer) => {
+                            let _ = reply.send(answer);
+                        }
+                        (None, Err(e)) => {
+                            tracing::warn!(error = %e, "a delivery record or cursor move was rejected");
+                        }
+                        (None, Ok(_)) => {}
+                    }
                 }
             }
             Err(e) => {
@@ -272,14 +341,16 @@ impl Writer {
                 if let Some(o) = shared.observer.get() {
                     o.batch(replies.len(), elapsed, false);
                 }
-                for stream in &effects.touched {
+                for stream in effects.touched.keys() {
                     self.offsets.remove(stream);
                 }
                 counters.failed_commits.fetch_add(1, Ordering::Relaxed);
                 let reason = e.to_string();
-                tracing::warn!(error = %reason, ops = replies.len(), "store commit failed, batch rolled back");
+                let unanswered = replies.iter().filter(|r| r.is_none()).count();
+                tracing::warn!(error = %reason, ops = replies.len(), unanswered,
+                    "store commit failed, batch rolled back (delivery records and cursor moves of it are lost: clients get those messages again)");
                 self.set_failure(Some(reason.clone()));
-                for reply in replies {
+                for reply in replies.into_iter().flatten() {
                     let _ = reply.send(Err(StoreError::Unavailable(reason.clone())));
                 }
             }
@@ -306,7 +377,7 @@ impl Writer {
                 Ok(done) => answers.push(Ok(done)),
                 Err(e) if is_rejection(&e) => {
                     self.roll_back();
-                    for stream in std::mem::take(effects).touched {
+                    for stream in std::mem::take(effects).touched.into_keys() {
                         self.offsets.remove(&stream);
                     }
                     return match retry {
@@ -322,6 +393,7 @@ impl Writer {
                 Err(e) => return Err(e),
             }
         }
+        self.finish(effects)?;
         self.exec("COMMIT")?;
         Ok(answers)
     }
@@ -351,8 +423,69 @@ impl Writer {
                 Err(e) => return Err(e),
             }
         }
+        self.finish(effects)?;
         self.exec("COMMIT")?;
         Ok(answers)
+    }
+
+    /// The coalesced writes of a batch, right before its `COMMIT`: each touched stream's
+    /// head, each sender session's `acked_seq`, each moved cursor, the sent ranges, and the
+    /// channel count cap. A failure here fails the whole batch.
+    fn finish(&mut self, effects: &mut BatchEffects) -> rusqlite::Result<()> {
+        for (stream, &first) in &effects.touched {
+            let last = self.offsets.get(stream).copied().unwrap_or(first);
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO streams (stream, first, last) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (stream) DO UPDATE SET last = excluded.last",
+                )?
+                .execute(params![stream, first, last])?;
+        }
+        for (session, seq) in effects.session_seq.drain() {
+            self.conn
+                .prepare_cached("UPDATE sessions SET acked_seq = max(acked_seq, ?2) WHERE id = ?1")?
+                .execute(params![session, seq])?;
+        }
+        for ((uid, device), m) in effects.cursors.drain() {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO devices (uid, device, offset, updated_ms, start_offset, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (uid, device) DO UPDATE SET
+                        offset = excluded.offset,
+                        updated_ms = excluded.updated_ms
+                     WHERE excluded.offset > devices.offset",
+                )?
+                .execute(params![uid, device, m.offset, m.ts, m.start, m.first_ts])?;
+            self.conn
+                .prepare_cached("INSERT INTO acks (uid, device, last, ts) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![uid, device, m.offset, m.ts])?;
+        }
+        for r in effects.sent.drain(..) {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO sent (uid, device, stream, first, last, session, sent_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    r.uid, r.device, r.stream, r.first, r.last, r.session, r.ts
+                ])?;
+        }
+        let cap = self.retention.channel_max_messages;
+        if cap > 0 {
+            let now = effects.stored.last().map_or(0, |m| m.ts);
+            for (stream, _) in effects
+                .touched
+                .iter()
+                .filter(|(s, _)| s.starts_with("chan:"))
+            {
+                let last = self.offsets.get(stream).copied().unwrap_or(0);
+                if let Some(t) = retention::cap(&self.conn, stream, last, cap, now)? {
+                    effects.trimmed.push(t);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn exec(&self, sql: &str) -> rusqlite::Result<()> {
@@ -387,10 +520,23 @@ impl Writer {
                 device,
                 offset,
                 ts,
-            } => self
-                .set_cursor(&uid, &device, offset, ts)
-                .map(|()| Done::Unit),
-            Write::RecordSent(d) => self.record_sent(&d).map(|()| Done::Unit),
+            } => {
+                let m = effects.cursors.entry((uid, device)).or_insert(CursorMove {
+                    start: offset,
+                    offset,
+                    first_ts: ts,
+                    ts,
+                });
+                if offset > m.offset {
+                    m.offset = offset;
+                    m.ts = ts;
+                }
+                Ok(Done::Unit)
+            }
+            Write::RecordSent(r) => {
+                effects.sent(r);
+                Ok(Done::Unit)
+            }
             Write::AppendEvent(e, targets) => self.append_event(e, &targets).map(Done::Event),
             Write::RemoveDelivery(id) => {
                 self.conn
@@ -406,6 +552,8 @@ impl Writer {
                 .delivery_failed(id, next_attempt_ms, &error)
                 .map(Done::Attempts),
             Write::Trim { now_ms, policy } => {
+                // The newest policy is also the one applied at append time.
+                self.retention = policy;
                 retention::trim(&self.conn, now_ms, &policy).map(Done::Trimmed)
             }
             Write::Barrier => Ok(Done::Unit),
@@ -418,26 +566,20 @@ impl Writer {
         effects: &mut BatchEffects,
     ) -> rusqlite::Result<AppendOutcome> {
         if let Some(key) = &msg.idem {
-            // Sees rows written earlier in this same batch: one transaction.
-            let original: Option<(String, String, u64)> = self
-                .conn
-                .prepare_cached(
-                    "SELECT msg_id, stream, offset FROM idem WHERE sender = ?1 AND key = ?2",
-                )?
-                .query_row(params![msg.from, key], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
-            if let Some((id, stream, offset)) = original {
-                self.bump_session(msg.session_seq.as_ref())?;
+            if let Some((id, stream, offset)) = self.original(&msg.from, key, msg.ts)? {
+                self.bump_session(effects, msg.session_seq.as_ref());
                 return Ok(AppendOutcome::Duplicate { id, stream, offset });
             }
         }
         let offset = self.last_offset(&msg.stream)? + 1;
+        let (session, seq) = match &msg.session_seq {
+            Some((s, q)) => (Some(s.as_str()), Some(*q)),
+            None => (None, None),
+        };
         self.conn
             .prepare_cached(
-                "INSERT INTO messages (stream, offset, id, sender, ts, body, receipt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO messages (stream, offset, id, sender, ts, body, receipt, session, seq, idem)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 msg.stream,
@@ -446,26 +588,15 @@ impl Writer {
                 msg.from,
                 msg.ts,
                 msg.body.get(),
-                msg.receipt
+                msg.receipt,
+                session,
+                seq,
+                msg.idem,
             ])?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO streams (stream, first, last) VALUES (?1, ?2, ?2)
-                 ON CONFLICT (stream) DO UPDATE SET last = excluded.last",
-            )?
-            .execute(params![msg.stream, offset])?;
-        if let Some(key) = &msg.idem {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO idem (sender, key, ts, msg_id, stream, offset)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![msg.from, key, msg.ts, msg.id, msg.stream, offset])?;
-        }
-        self.bump_session(msg.session_seq.as_ref())?;
+        self.bump_session(effects, msg.session_seq.as_ref());
 
         self.offsets.insert(msg.stream.clone(), offset);
-        effects.touched.insert(msg.stream.clone());
+        effects.touched.entry(msg.stream.clone()).or_insert(offset);
         let stored = Arc::new(StoredMessage {
             stream: msg.stream,
             offset,
@@ -477,6 +608,44 @@ impl Writer {
         });
         effects.stored.push(stored.clone());
         Ok(AppendOutcome::Stored(stored))
+    }
+
+    /// The message `from` published under idempotency key `key` within the dedupe window of
+    /// `now`: a retained message, or the key of one retention removed. Sees rows written
+    /// earlier in this same batch (one transaction).
+    fn original(
+        &self,
+        from: &str,
+        key: &str,
+        now: u64,
+    ) -> rusqlite::Result<Option<(String, String, u64)>> {
+        let window = self.retention.dedupe_window_ms;
+        let fresh = |ts: u64| window == 0 || ts.saturating_add(window) >= now;
+        let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, String, u64, u64)> {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        };
+        let retained = self
+            .conn
+            .prepare_cached(
+                "SELECT id, stream, offset, ts FROM messages
+                 WHERE sender = ?1 AND idem = ?2 ORDER BY rowid DESC LIMIT 1",
+            )?
+            .query_row(params![from, key], row)
+            .optional()?
+            .filter(|o| fresh(o.3));
+        let trimmed = self
+            .conn
+            .prepare_cached(
+                "SELECT msg_id, stream, offset, ts FROM idem WHERE sender = ?1 AND key = ?2",
+            )?
+            .query_row(params![from, key], row)
+            .optional()?
+            .filter(|o| fresh(o.3));
+        let newest = match (retained, trimmed) {
+            (Some(a), Some(b)) => Some(if b.3 > a.3 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        Ok(newest.map(|(id, stream, offset, _)| (id, stream, offset)))
     }
 
     /// The last offset assigned to `stream` (0 if never written), cached after the first look.
@@ -494,14 +663,13 @@ impl Writer {
         Ok(last)
     }
 
-    /// Records the sender session's request `seq` as processed (no-op for an unknown session).
-    fn bump_session(&self, session_seq: Option<&(String, u64)>) -> rusqlite::Result<()> {
+    /// Records the sender session's request `seq` as processed, written once per session by
+    /// [`Writer::finish`] (a no-op there for an unknown session).
+    fn bump_session(&self, effects: &mut BatchEffects, session_seq: Option<&(String, u64)>) {
         if let Some((session, seq)) = session_seq {
-            self.conn
-                .prepare_cached("UPDATE sessions SET acked_seq = max(acked_seq, ?2) WHERE id = ?1")?
-                .execute(params![session, seq])?;
+            let at = effects.session_seq.entry(session.clone()).or_insert(*seq);
+            *at = (*at).max(*seq);
         }
-        Ok(())
     }
 
     fn put_session(&self, rec: &SessionRecord) -> rusqlite::Result<()> {
@@ -523,44 +691,6 @@ impl Writer {
                 rec.last_seen_ms,
                 rec.acked_seq,
                 record
-            ])?;
-        Ok(())
-    }
-
-    fn set_cursor(&self, uid: &str, device: &str, offset: u64, ts: u64) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO devices (uid, device, offset, updated_ms, start_offset, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?3, ?4)
-                 ON CONFLICT (uid, device) DO UPDATE SET
-                    offset = excluded.offset,
-                    updated_ms = excluded.updated_ms
-                 WHERE excluded.offset > devices.offset",
-            )?
-            .execute(params![uid, device, offset, ts])?;
-        self.conn
-            .prepare_cached(
-                "UPDATE deliveries SET acked_ms = ?4
-                 WHERE uid = ?1 AND device = ?2 AND stream = ?5 AND offset <= ?3
-                   AND acked_ms IS NULL",
-            )?
-            .execute(params![uid, device, offset, ts, inbox_key(uid)])?;
-        Ok(())
-    }
-
-    fn record_sent(&self, d: &SentRecord) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO deliveries (msg_id, uid, device, stream, offset, session,
-                                         first_sent_ms, last_sent_ms, attempts, acked_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1, NULL)
-                 ON CONFLICT (msg_id, uid, device) DO UPDATE SET
-                    session = excluded.session,
-                    last_sent_ms = excluded.last_sent_ms,
-                    attempts = deliveries.attempts + 1",
-            )?
-            .execute(params![
-                d.msg_id, d.uid, d.device, d.stream, d.offset, d.session, d.ts
             ])?;
         Ok(())
     }
@@ -630,6 +760,15 @@ impl Writer {
         }
     }
 
+    /// Tells the listener which streams the count cap trimmed in the committed batch.
+    fn notify_trimmed(&self, trimmed: &[Trimmed]) {
+        let listener = &self.listener;
+        let call = std::panic::catch_unwind(AssertUnwindSafe(|| listener.trimmed(trimmed)));
+        if call.is_err() {
+            tracing::error!(streams = trimmed.len(), "store commit listener panicked");
+        }
+    }
+
     fn set_failure(&self, reason: Option<String>) {
         let mut failure = self
             .shared
@@ -644,13 +783,14 @@ impl Writer {
 
     /// Refuses whatever is still queued, checkpoints the WAL into the database file and
     /// answers `reply`. The connection closes when the thread returns.
-    fn shutdown(&mut self, reply: Reply<()>) {
+    fn shutdown(&mut self, reply: oneshot::Sender<Result<(), StoreError>>) {
         self.queue.close();
         while let Ok(cmd) = self.queue.try_recv() {
             match cmd {
-                Command::Write(_, r) => {
+                Command::Write(_, Some(r)) => {
                     let _ = r.send(Err(StoreError::Closed));
                 }
+                Command::Write(_, None) => {}
                 Command::Close(r) => {
                     let _ = r.send(Err(StoreError::Closed));
                 }

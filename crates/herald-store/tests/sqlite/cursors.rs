@@ -1,18 +1,18 @@
-//! Device inbox cursors and delivery records.
+//! Device inbox cursors and delivery records (sent ranges and acknowledgements).
 
 use herald_store::*;
 use tempfile::TempDir;
 
 use crate::common::*;
 
-fn sent(m: &StoredMessage, device: &str, session: &str, ts: u64) -> SentRecord {
-    SentRecord {
-        msg_id: m.id.clone(),
-        stream: m.stream.clone(),
-        offset: m.offset,
+fn sent(m: &StoredMessage, device: &str, session: &str, ts: u64) -> SentRange {
+    SentRange {
         uid: "bob".into(),
         device: device.into(),
         session: session.into(),
+        stream: m.stream.clone(),
+        first: m.offset,
+        last: m.offset,
         ts,
     }
 }
@@ -73,18 +73,14 @@ async fn deliveries_go_from_sent_to_acked() {
         ));
     }
     store.set_cursor("bob", "b1", 0, 5).await.unwrap();
+    store.set_cursor("bob", "b2", 0, 5).await.unwrap();
     for m in &inbox {
-        store.record_sent(sent(m, "b1", "s1", 10)).await.unwrap();
+        store.record_sent(sent(m, "b1", "s1", 10));
     }
     // A resend, from a newer session.
-    store
-        .record_sent(sent(&inbox[0], "b1", "s2", 20))
-        .await
-        .unwrap();
-    store
-        .record_sent(sent(&inbox[0], "b2", "s3", 25))
-        .await
-        .unwrap();
+    store.record_sent(sent(&inbox[0], "b1", "s2", 20));
+    store.record_sent(sent(&inbox[0], "b2", "s3", 25));
+    store.barrier().await.unwrap();
 
     let rows = store.deliveries(&inbox[0].id).await.unwrap();
     assert_eq!(rows.len(), 2);
@@ -123,10 +119,8 @@ async fn deliveries_go_from_sent_to_acked() {
 
     // An ack time is kept: a later cursor move or resend does not change it.
     store.set_cursor("bob", "b1", 3, 40).await.unwrap();
-    store
-        .record_sent(sent(&inbox[0], "b1", "s4", 50))
-        .await
-        .unwrap();
+    store.record_sent(sent(&inbox[0], "b1", "s4", 50));
+    store.barrier().await.unwrap();
     let rows = store.deliveries(&inbox[0].id).await.unwrap();
     let row = rows.iter().find(|r| r.device == "b1").unwrap();
     assert_eq!(
@@ -144,7 +138,8 @@ async fn a_delivery_behind_the_cursor_reads_as_acked() {
     let m = stored(store.append(msg("inbox:bob", "alice", 1)).await.unwrap());
     // The device acknowledged first, the (re)send record landed after.
     store.set_cursor("bob", "b1", 1, 60).await.unwrap();
-    store.record_sent(sent(&m, "b1", "s1", 70)).await.unwrap();
+    store.record_sent(sent(&m, "b1", "s1", 70));
+    store.barrier().await.unwrap();
     let rows = store.deliveries(&m.id).await.unwrap();
     assert_eq!(
         (rows[0].state, rows[0].acked_ms),

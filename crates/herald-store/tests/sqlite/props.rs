@@ -1,6 +1,8 @@
 //! Property: whatever mix of appends (with and without idempotency keys), trims and reopens,
 //! each stream's retained offsets are exactly `first..=last`, every append gets `last + 1`,
-//! and nothing but retention removes a message. Checked against a plain in-memory model.
+//! nothing but retention removes a message, a channel's count cap holds after every append,
+//! and an idempotency key is matched exactly while its dedupe window lasts (also after its
+//! message was trimmed). Checked against a plain in-memory model.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -51,34 +53,67 @@ struct Model {
     last: BTreeMap<&'static str, u64>,
     /// Per stream: retained (offset, ts), oldest first.
     retained: BTreeMap<&'static str, VecDeque<(u64, u64)>>,
-    /// (sender, key) → (stream, offset, ts of the original).
-    keys: BTreeMap<(usize, u8), (&'static str, u64, u64)>,
+    /// (sender, key) → the newest original: (stream, offset, ts, still retained).
+    keys: BTreeMap<(usize, u8), (&'static str, u64, u64, bool)>,
+    /// The rules in force at append time: those of the last trim since the store was
+    /// (re)opened (the test opens it without any).
+    policy: Retention,
 }
 
 impl Model {
-    fn trim(&mut self, now: u64, policy: &Retention) {
-        for (stream, kept) in &mut self.retained {
-            let chan = stream.starts_with("chan:");
-            if chan && policy.channel_max_messages > 0 {
-                while kept.len() as u64 > policy.channel_max_messages {
-                    kept.pop_front();
+    /// The original of (sender, key) at `now`, if the dedupe window still covers it.
+    fn original(&self, sender: usize, key: u8, now: u64) -> Option<(&'static str, u64)> {
+        let window = self.policy.dedupe_window_ms;
+        self.keys
+            .get(&(sender, key))
+            .filter(|&&(_, _, ts, _)| window == 0 || ts + window >= now)
+            .map(|&(s, o, _, _)| (s, o))
+    }
+
+    /// Drops the oldest retained messages of `stream` while `drop` says so; their keys move
+    /// to the trimmed-keys table.
+    fn drop_front(&mut self, stream: &'static str, mut drop: impl FnMut(usize, u64) -> bool) {
+        let Some(kept) = self.retained.get_mut(stream) else {
+            return;
+        };
+        while let Some(&(offset, ts)) = kept.front() {
+            if !drop(kept.len(), ts) {
+                break;
+            }
+            kept.pop_front();
+            for v in self.keys.values_mut() {
+                if v.0 == stream && v.1 == offset {
+                    v.3 = false;
                 }
             }
-            let max_age = if chan {
+        }
+    }
+
+    fn cap(&mut self, stream: &'static str) {
+        let max = self.policy.channel_max_messages;
+        if stream.starts_with("chan:") && max > 0 {
+            self.drop_front(stream, |len, _| len as u64 > max);
+        }
+    }
+
+    fn trim(&mut self, now: u64, policy: &Retention) {
+        self.policy = *policy;
+        for stream in STREAMS {
+            self.cap(stream);
+            let max_age = if stream.starts_with("chan:") {
                 policy.channel_max_age_ms
             } else {
                 policy.inbox_max_age_ms
             };
             if max_age > 0 {
                 let cutoff = now.saturating_sub(max_age);
-                while kept.front().is_some_and(|&(_, ts)| ts < cutoff) {
-                    kept.pop_front();
-                }
+                self.drop_front(stream, |_, ts| ts < cutoff);
             }
         }
         if policy.dedupe_window_ms > 0 {
             let cutoff = now.saturating_sub(policy.dedupe_window_ms);
-            self.keys.retain(|_, &mut (_, _, ts)| ts >= cutoff);
+            self.keys
+                .retain(|_, &mut (_, _, ts, retained)| retained || ts >= cutoff);
         }
     }
 }
@@ -122,8 +157,8 @@ async fn run(ops: Vec<Op>) {
                 let mut m = msg(stream, SENDERS[sender], now);
                 m.idem = key.map(|k| format!("key{k}"));
                 let outcome = store.append(m).await.unwrap();
-                match key.and_then(|k| model.keys.get(&(sender, k))) {
-                    Some(&(s, o, _)) => match outcome {
+                match key.and_then(|k| model.original(sender, k, now)) {
+                    Some((s, o)) => match outcome {
                         AppendOutcome::Duplicate { stream, offset, .. } => {
                             assert_eq!((stream.as_str(), offset), (s, o));
                         }
@@ -140,8 +175,11 @@ async fn run(ops: Vec<Op>) {
                             .or_default()
                             .push_back((m.offset, now));
                         if let Some(k) = key {
-                            model.keys.insert((sender, k), (stream, m.offset, now));
+                            model
+                                .keys
+                                .insert((sender, k), (stream, m.offset, now, true));
                         }
+                        model.cap(stream);
                     }
                 }
             }
@@ -167,6 +205,7 @@ async fn run(ops: Vec<Op>) {
                 }
                 drop(store);
                 store = open(dir.path()).0;
+                model.policy = Retention::default();
                 check(&store, &model).await;
             }
         }

@@ -28,18 +28,15 @@ async fn write_everything(store: &SqliteStore) -> Vec<std::sync::Arc<StoredMessa
     ));
     store.put_session(session("s1", 9)).await.unwrap();
     store.set_cursor("bob", "b1", 1, 300).await.unwrap();
-    store
-        .record_sent(SentRecord {
-            msg_id: out[6].id.clone(),
-            stream: "inbox:bob".into(),
-            offset: 2,
-            uid: "bob".into(),
-            device: "b1".into(),
-            session: "s9".into(),
-            ts: 301,
-        })
-        .await
-        .unwrap();
+    store.record_sent(SentRange {
+        uid: "bob".into(),
+        device: "b1".into(),
+        session: "s9".into(),
+        stream: "inbox:bob".into(),
+        first: 2,
+        last: 2,
+        ts: 301,
+    });
     store
         .append_event(NewEvent {
             ts: 400,
@@ -185,19 +182,29 @@ async fn close_commits_everything_submitted_before_it() {
     assert_eq!(offsets(&all(&store, "chan:a").await), [1, 2]);
 }
 
+/// The schema version 2 wrote (tables and indexes), to build old databases from.
+const SCHEMA_V2: &str = include_str!("fixtures/schema_v2.sql");
+
+fn schema_version(dir: &std::path::Path) -> String {
+    let conn = rusqlite::Connection::open(db_path(dir)).unwrap();
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
 /// A version 1 database (devices without `start_offset`/`created_ms`, no `trimmed` table) is
 /// migrated in place on open: old devices keep their cursors with unknown starts, new devices
 /// record theirs, and trims keep headers.
 #[tokio::test]
 async fn a_version_1_database_is_migrated_on_open() {
     let dir = TempDir::new().unwrap();
-    let (store, _) = open(dir.path());
-    let m = stored(store.append(msg("inbox:bob", "alice", 100)).await.unwrap());
-    store.close().await.unwrap();
-    drop(store);
+    std::fs::create_dir_all(db_path(dir.path()).parent().unwrap()).unwrap();
     {
-        // Turn the file back into what version 1 wrote.
         let conn = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
         conn.execute_batch(
             "DROP TABLE devices;
              CREATE TABLE devices (
@@ -209,7 +216,10 @@ async fn a_version_1_database_is_migrated_on_open() {
              ) WITHOUT ROWID;
              INSERT INTO devices VALUES ('bob', 'old', 0, 50);
              DROP TABLE trimmed;
-             UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+             INSERT INTO messages (stream, offset, id, sender, ts, body, receipt)
+                 VALUES ('inbox:bob', 1, 'm_old1', 'alice', 100, '{}', 0);
+             INSERT INTO streams VALUES ('inbox:bob', 1, 1);
+             INSERT INTO meta VALUES ('schema_version', '1');",
         )
         .unwrap();
     }
@@ -236,7 +246,7 @@ async fn a_version_1_database_is_migrated_on_open() {
         .unwrap();
     assert_eq!(
         store
-            .trimmed_message(&m.id)
+            .trimmed_message("m_old1")
             .await
             .unwrap()
             .map(|t| t.offset),
@@ -244,20 +254,93 @@ async fn a_version_1_database_is_migrated_on_open() {
     );
     store.close().await.unwrap();
     drop(store);
-
-    let conn = rusqlite::Connection::open(db_path(dir.path())).unwrap();
-    let version: String = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(version, "2");
+    assert_eq!(schema_version(dir.path()), "3");
     // Opening the migrated file again is a no-op.
-    drop(conn);
     let (store, _) = open(dir.path());
     assert_eq!(store.devices("bob").await.unwrap().len(), 2);
+}
+
+/// A version 2 database (an `idem` table and one `deliveries` row per message and device) is
+/// migrated on open: idempotency keys still match their messages, and each delivery row
+/// becomes sent records and an acknowledgement, so a trace reads the same.
+#[tokio::test]
+async fn a_version_2_database_is_migrated_on_open_and_traces_read_the_same() {
+    let dir = TempDir::new().unwrap();
+    std::fs::create_dir_all(db_path(dir.path()).parent().unwrap()).unwrap();
+    {
+        let conn = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO meta VALUES ('schema_version', '2');
+             INSERT INTO messages (stream, offset, id, sender, ts, body, receipt) VALUES
+                 ('inbox:bob', 1, 'm_old1', 'alice', 100, '{\"n\":1}', 0),
+                 ('inbox:bob', 2, 'm_old2', 'alice', 110, '{\"n\":2}', 0);
+             INSERT INTO streams VALUES ('inbox:bob', 1, 2);
+             INSERT INTO idem VALUES ('alice', 'key-1', 100, 'm_old1', 'inbox:bob', 1);
+             INSERT INTO devices VALUES ('bob', 'b1', 1, 150, 0, 90);
+             INSERT INTO deliveries (msg_id, uid, device, stream, offset, session,
+                                     first_sent_ms, last_sent_ms, attempts, acked_ms) VALUES
+                 ('m_old1', 'bob', 'b1', 'inbox:bob', 1, 's1', 120, 130, 2, 140),
+                 ('m_old2', 'bob', 'b1', 'inbox:bob', 2, 's1', 125, 125, 1, NULL);",
+        )
+        .unwrap();
+    }
+    let (store, _) = open(dir.path());
+    let dup = store
+        .append(keyed("inbox:bob", "alice", 200, "key-1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(dup, AppendOutcome::Duplicate { ref id, offset: 1, .. } if id == "m_old1"),
+        "{dup:?}"
+    );
+    let d1 = store.deliveries("m_old1").await.unwrap();
+    assert_eq!(
+        (
+            d1.len(),
+            d1[0].state,
+            d1[0].first_sent_ms,
+            d1[0].last_sent_ms
+        ),
+        (1, DeliveryState::Acked, 120, 130)
+    );
+    assert_eq!((d1[0].attempts, d1[0].acked_ms), (2, Some(140)));
+    let d2 = store.deliveries("m_old2").await.unwrap();
+    assert_eq!(
+        (d2[0].state, d2[0].attempts, d2[0].acked_ms),
+        (DeliveryState::Sent, 1, None)
+    );
+    // New messages continue the stream.
+    let next = stored(store.append(msg("inbox:bob", "carol", 300)).await.unwrap());
+    assert_eq!(next.offset, 3);
+    store.close().await.unwrap();
+    drop(store);
+    assert_eq!(schema_version(dir.path()), "3");
+}
+
+/// A database written by a newer herald is refused with a message that says what to do.
+#[tokio::test]
+async fn a_newer_schema_is_refused_with_a_clear_message() {
+    let dir = TempDir::new().unwrap();
+    std::fs::create_dir_all(db_path(dir.path()).parent().unwrap()).unwrap();
+    {
+        let conn = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO meta VALUES ('schema_version', '99');",
+        )
+        .unwrap();
+    }
+    let err = herald_store::sqlite::SqliteStore::open(
+        herald_store::sqlite::SqliteConfig::new(db_path(dir.path())),
+        std::sync::Arc::new(Recorder::default()),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("version 99") && msg.contains("newer herald"),
+        "{msg}"
+    );
 }
 
 /// Commits never checkpoint; the checkpoint thread copies the WAL into the database file

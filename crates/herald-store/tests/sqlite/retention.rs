@@ -160,20 +160,20 @@ async fn trim_purges_old_tombstones_only() {
             .await
             .unwrap(),
     );
-    for m in [&old, &young] {
-        store
-            .record_sent(SentRecord {
-                msg_id: m.id.clone(),
-                stream: m.stream.clone(),
-                offset: m.offset,
-                uid: "bob".into(),
-                device: "b1".into(),
-                session: "s".into(),
-                ts: 150,
-            })
-            .await
-            .unwrap();
+    store.set_cursor("bob", "b1", 0, 100).await.unwrap();
+    for (m, session) in [(&old, "s1"), (&young, "s2")] {
+        store.record_sent(SentRange {
+            uid: "bob".into(),
+            device: "b1".into(),
+            session: session.into(),
+            stream: m.stream.clone(),
+            first: m.offset,
+            last: m.offset,
+            ts: 150,
+        });
     }
+    store.barrier().await.unwrap();
+    assert_eq!(store.deliveries(&old.id).await.unwrap().len(), 1);
     let mut closed = session("closed", 1);
     closed.state = SessionState::Closed;
     closed.last_seen_ms = 200;

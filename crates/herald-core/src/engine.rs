@@ -965,6 +965,11 @@ impl Engine {
         for s in dirty {
             self.persist(&s).await;
         }
+        // Delivery records and ack cursor moves the store holds back reach the disk at least
+        // once per tick.
+        if let Err(err) = self.inner.store.barrier().await {
+            debug!(%err, "store barrier failed");
+        }
         if trim {
             match self.inner.store.trim(now, &self.inner.cfg.retention).await {
                 Ok(t) if !t.is_empty() => {

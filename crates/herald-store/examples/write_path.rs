@@ -43,20 +43,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<12} {:>10} {:>12} {:>14}",
         "layout", "wall s", "msg/s", "CPU µs/msg"
     );
-    for layout in ["sqlite-v2", "sqlite-row", "sqlite-row-ix", "log"] {
-        let path = dir.path().join(layout);
+    let layouts = [
+        "sqlite-v2",
+        "row:id",
+        "row:",
+        "row:ts",
+        "row:sender",
+        "row:idem",
+        "row:id,ts,sender,idem",
+        "log",
+    ];
+    for layout in layouts {
+        let path = dir.path().join(layout.replace([':', ','], "_"));
         let cpu0 = thread_cpu_ns();
         let t0 = Instant::now();
-        match layout {
-            "sqlite-v2" => sqlite_v2(&path, messages, batch)?,
-            "sqlite-row" => sqlite_row(&path, messages, batch, false)?,
-            "sqlite-row-ix" => sqlite_row(&path, messages, batch, true)?,
+        match layout.split_once(':') {
+            Some(("row", ix)) => sqlite_row(&path, messages, batch, ix)?,
+            _ if layout == "sqlite-v2" => sqlite_v2(&path, messages, batch)?,
             _ => log(&path, messages, batch)?,
         }
         let wall = t0.elapsed().as_secs_f64();
         let cpu = thread_cpu_ns().saturating_sub(cpu0) as f64 / 1000.0;
         println!(
-            "{layout:<12} {wall:>10.2} {:>12.0} {:>14.2}",
+            "{layout:<24} {wall:>8.2} {:>10.0} {:>12.2}",
             messages as f64 / wall,
             cpu / messages as f64
         );
@@ -154,26 +163,36 @@ fn sqlite_v2(path: &Path, messages: u64, batch: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn sqlite_row(path: &Path, messages: u64, batch: u64, search: bool) -> rusqlite::Result<()> {
+/// `ix`: the secondary indexes besides `(stream, offset)`, comma-separated: `id` (unique),
+/// `ts`, `sender` (`(sender, ts)`), `idem` (partial `(sender, idem)`, with a lookup per
+/// message as a duplicate check does).
+fn sqlite_row(path: &Path, messages: u64, batch: u64, ix: &str) -> rusqlite::Result<()> {
     let c = open(
         path,
         "CREATE TABLE messages (rowid INTEGER PRIMARY KEY, stream TEXT NOT NULL,
             offset INTEGER NOT NULL, id TEXT NOT NULL, sender TEXT NOT NULL, ts INTEGER NOT NULL,
             body TEXT NOT NULL, receipt INTEGER NOT NULL, session TEXT, seq INTEGER, idem TEXT);
          CREATE UNIQUE INDEX m1 ON messages(stream, offset);
-         CREATE UNIQUE INDEX m2 ON messages(id);
          CREATE TABLE devices (uid TEXT, device TEXT, offset INTEGER, updated_ms INTEGER,
             PRIMARY KEY (uid, device)) WITHOUT ROWID;
          CREATE TABLE sent (rowid INTEGER PRIMARY KEY, uid TEXT, device TEXT, stream TEXT,
             first INTEGER, last INTEGER, session TEXT, sent_ms INTEGER);",
     )?;
-    if search {
-        c.execute_batch(
-            "CREATE INDEX m3 ON messages(ts);
-             CREATE INDEX m4 ON messages(sender, ts);
-             CREATE INDEX m5 ON messages(sender, idem) WHERE idem IS NOT NULL;",
-        )?;
+    let has = |name: &str| ix.split(',').any(|i| i == name);
+    for (name, sql) in [
+        ("id", "CREATE UNIQUE INDEX m2 ON messages(id)"),
+        ("ts", "CREATE INDEX m3 ON messages(ts)"),
+        ("sender", "CREATE INDEX m4 ON messages(sender, ts)"),
+        (
+            "idem",
+            "CREATE INDEX m5 ON messages(sender, idem) WHERE idem IS NOT NULL",
+        ),
+    ] {
+        if has(name) {
+            c.execute_batch(sql)?;
+        }
     }
+    let search = has("idem");
     let mut offsets = [0u64; 10];
     let mut i = 0;
     while i < messages {

@@ -111,20 +111,23 @@ pub trait Store: Send + Sync + 'static {
         ts: u64,
     ) -> Result<(), StoreError>;
 
-    /// [`Store::set_cursor`] without an answer: queued now, made durable with the next
-    /// commit (cursor moves of one device in one commit become one write). For acks, which
+    /// [`Store::set_cursor`] without an answer: queued now, made durable within a short
+    /// while or at the next [`Store::barrier`] (the moves of one device meanwhile become one
+    /// write). For acks, which
     /// nobody waits on: a lost cursor move only means a redelivery, which clients dedupe. A
     /// failure is logged by the store.
     fn advance_cursor(&self, uid: &str, device: &str, offset: u64, ts: u64);
 
-    /// The inbox cursor of (uid, device); `None` for a device never seen.
+    /// The inbox cursor of (uid, device), including moves queued by
+    /// [`Store::advance_cursor`] and not yet durable; `None` for a device never seen.
     async fn cursor(&self, uid: &str, device: &str) -> Result<Option<u64>, StoreError>;
 
-    /// All known devices of `uid` with their cursors.
+    /// All known devices of `uid` with their durable cursors.
     async fn devices(&self, uid: &str) -> Result<Vec<DeviceCursor>, StoreError>;
 
-    /// Records that a run of inbox messages was sent to a device. Queued now, durable with
-    /// the next commit; nothing waits on it (a failure is logged by the store).
+    /// Records that a run of inbox messages was sent to a device. Queued now, durable within
+    /// a short while or at the next [`Store::barrier`]; nothing waits on it (a failure is
+    /// logged by the store).
     fn record_sent(&self, range: SentRange);
 
     /// Per device, what happened to message `msg_id`: derived from the sent ranges covering
@@ -177,7 +180,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies retention at time `now_ms`; returns the streams whose oldest offset moved.
     async fn trim(&self, now_ms: u64, policy: &Retention) -> Result<Vec<Trimmed>, StoreError>;
 
-    /// Resolves once every write submitted before it is durable.
+    /// Resolves once every write submitted before it is durable, including those queued
+    /// without an answer ([`Store::record_sent`], [`Store::advance_cursor`]), which the
+    /// store may otherwise hold back to share one write among many.
     async fn barrier(&self) -> Result<(), StoreError>;
 
     /// `Err` with a reason while the store cannot make writes durable (for `/readyz`).

@@ -17,6 +17,7 @@ mod retention;
 mod schema;
 mod writer;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -112,6 +113,21 @@ struct Shared {
     failure: Mutex<Option<String>>,
     /// Told about every batch, once set (see [`SqliteStore::observe_commits`]).
     observer: OnceLock<Arc<dyn CommitObserver>>,
+    /// Cursor moves queued by [`Store::advance_cursor`] and not yet committed, per (uid,
+    /// device): [`Store::cursor`] sees them, so a device's next session does not get again
+    /// what it acknowledged a moment ago ([`Store::devices`] and the trace report durable
+    /// cursors only). The writer removes an entry once a commit covers it.
+    pending_cursors: Mutex<HashMap<(String, String), u64>>,
+}
+
+impl Shared {
+    fn pending_cursor(&self, uid: &str, device: &str) -> Option<u64> {
+        let g = self
+            .pending_cursors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.get(&(uid.to_owned(), device.to_owned())).copied()
+    }
 }
 
 impl std::fmt::Debug for dyn CommitObserver {
@@ -355,7 +371,18 @@ impl Store for SqliteStore {
     }
 
     fn advance_cursor(&self, uid: &str, device: &str, offset: u64, ts: u64) {
-        self.queue_unanswered(Write::SetCursor {
+        {
+            let mut g = self
+                .shared
+                .pending_cursors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let at = g
+                .entry((uid.to_owned(), device.to_owned()))
+                .or_insert(offset);
+            *at = (*at).max(offset);
+        }
+        self.queue_unanswered(Write::AdvanceCursor {
             uid: uid.to_owned(),
             device: device.to_owned(),
             offset,
@@ -365,14 +392,21 @@ impl Store for SqliteStore {
 
     async fn cursor(&self, uid: &str, device: &str) -> Result<Option<u64>, StoreError> {
         self.check_open()?;
+        let pending = self.shared.pending_cursor(uid, device);
         let (uid, device) = (uid.to_owned(), device.to_owned());
-        self.readers
+        let stored = self
+            .readers
             .run(move |c| read::cursor(c, &uid, &device))
-            .await
+            .await?;
+        Ok(match (stored, pending) {
+            (Some(s), Some(p)) => Some(s.max(p)),
+            (s, p) => s.or(p),
+        })
     }
 
     async fn devices(&self, uid: &str) -> Result<Vec<DeviceCursor>, StoreError> {
         self.check_open()?;
+        // Durable cursors only: what a trace reports as acknowledged survives a crash.
         let uid = uid.to_owned();
         self.readers.run(move |c| read::devices(c, &uid)).await
     }

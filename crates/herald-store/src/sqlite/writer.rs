@@ -47,6 +47,14 @@ pub(super) enum Write {
         offset: u64,
         ts: u64,
     },
+    /// A cursor move nobody waits on: deferred (see [`Deferred`]).
+    AdvanceCursor {
+        uid: String,
+        device: String,
+        offset: u64,
+        ts: u64,
+    },
+    /// Deferred (see [`Deferred`]).
     RecordSent(SentRange),
     /// An event and its webhook targets (one outbox row each), in one commit.
     AppendEvent(NewEvent, Vec<String>),
@@ -61,7 +69,8 @@ pub(super) enum Write {
         now_ms: u64,
         policy: Retention,
     },
-    /// Writes nothing: answered once everything queued before it is committed.
+    /// Writes nothing: answered once everything queued before it is committed (deferred
+    /// writes included).
     Barrier,
 }
 
@@ -110,6 +119,7 @@ pub(super) fn spawn(
         listener,
         shared,
         checkpointer: Some(checkpointer),
+        deferred: Deferred::default(),
     };
     std::thread::Builder::new()
         .name("herald-store-writer".into())
@@ -137,6 +147,38 @@ struct Writer {
     shared: Arc<Shared>,
     /// Stopped before the final checkpoint at shutdown.
     checkpointer: Option<Checkpointer>,
+    /// Writes nobody waits on, held for a later commit.
+    deferred: Deferred,
+}
+
+/// Cursor moves of acks and sent ranges: written together at most every
+/// [`Deferred::EVERY`] (or at a barrier, at close, or once [`Deferred::MAX`] are held), not in
+/// every commit, so that their rows (and the index pages they dirty) are shared by many
+/// commits. Losing them in a crash only means redeliveries, which clients dedupe; the trace
+/// shows them once written.
+// The writer's own OS thread, outside any runtime: wall-clock time.
+#[allow(clippy::disallowed_types)]
+#[derive(Default)]
+struct Deferred {
+    cursors: HashMap<(String, String), CursorMove>,
+    sent: Vec<SentRange>,
+    /// When the oldest held write arrived.
+    since: Option<Instant>,
+}
+
+#[allow(clippy::disallowed_types)]
+impl Deferred {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+    const MAX: usize = 4096;
+
+    fn is_empty(&self) -> bool {
+        self.cursors.is_empty() && self.sent.is_empty()
+    }
+
+    fn due(&self) -> bool {
+        self.cursors.len() + self.sent.len() >= Self::MAX
+            || self.since.is_some_and(|t| t.elapsed() >= Self::EVERY)
+    }
 }
 
 /// Copies committed WAL frames into the database on its own thread, so commits never pay for
@@ -210,6 +252,10 @@ struct BatchEffects {
     sent: Vec<SentRange>,
     /// Streams the append-time count cap trimmed.
     trimmed: Vec<Trimmed>,
+    /// A barrier asks for the deferred writes in this commit.
+    flush_deferred: bool,
+    /// Cursor moves this batch writes: once committed, they leave the store's pending view.
+    cursors_written: Vec<((String, String), u64)>,
 }
 
 /// The coalesced cursor moves of one device in one batch.
@@ -223,34 +269,52 @@ struct CursorMove {
     ts: u64,
 }
 
-impl BatchEffects {
-    fn sent(&mut self, r: SentRange) {
-        if let Some(prev) = self
-            .sent
-            .iter_mut()
-            .rev()
-            .find(|p| p.uid == r.uid && p.device == r.device && p.stream == r.stream)
+/// Records a cursor move of (uid, device), keeping the highest offset.
+fn cursor_move(
+    moves: &mut HashMap<(String, String), CursorMove>,
+    uid: String,
+    device: String,
+    offset: u64,
+    ts: u64,
+) {
+    let m = moves.entry((uid, device)).or_insert(CursorMove {
+        start: offset,
+        offset,
+        first_ts: ts,
+        ts,
+    });
+    if offset > m.offset {
+        m.offset = offset;
+        m.ts = ts;
+    }
+}
+
+/// Adds a sent range, joining it to the device's previous one when it continues it (same
+/// session) and splitting what is longer than [`SENT_RANGE_MAX`].
+fn push_sent(sent: &mut Vec<SentRange>, r: SentRange) {
+    if let Some(prev) = sent
+        .iter_mut()
+        .rev()
+        .find(|p| p.uid == r.uid && p.device == r.device && p.stream == r.stream)
+    {
+        if prev.session == r.session
+            && prev.last + 1 == r.first
+            && r.last - prev.first < SENT_RANGE_MAX
         {
-            if prev.session == r.session
-                && prev.last + 1 == r.first
-                && r.last - prev.first < SENT_RANGE_MAX
-            {
-                prev.last = r.last;
-                prev.ts = r.ts;
-                return;
-            }
+            prev.last = r.last;
+            prev.ts = r.ts;
+            return;
         }
-        // Split runs longer than the lookup bound.
-        let mut first = r.first;
-        while first <= r.last {
-            let last = r.last.min(first + SENT_RANGE_MAX - 1);
-            self.sent.push(SentRange {
-                first,
-                last,
-                ..r.clone()
-            });
-            first = last + 1;
-        }
+    }
+    let mut first = r.first;
+    while first <= r.last {
+        let last = r.last.min(first + SENT_RANGE_MAX - 1);
+        sent.push(SentRange {
+            first,
+            last,
+            ..r.clone()
+        });
+        first = last + 1;
     }
 }
 
@@ -288,6 +352,9 @@ impl Writer {
                 return;
             }
         }
+        if !self.deferred.is_empty() {
+            self.commit_batch(vec![Write::Barrier], vec![None]);
+        }
         tracing::debug!("store writer stopping: every store handle was dropped");
     }
 
@@ -321,6 +388,17 @@ impl Writer {
                 }
                 if !effects.trimmed.is_empty() {
                     self.notify_trimmed(&effects.trimmed);
+                }
+                if !effects.cursors_written.is_empty() {
+                    let mut pending = shared
+                        .pending_cursors
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    for (key, offset) in effects.cursors_written.drain(..) {
+                        if pending.get(&key).is_some_and(|&p| p <= offset) {
+                            pending.remove(&key);
+                        }
+                    }
                 }
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     match (reply, answer) {
@@ -432,6 +510,28 @@ impl Writer {
     /// head, each sender session's `acked_seq`, each moved cursor, the sent ranges, and the
     /// channel count cap. A failure here fails the whole batch.
     fn finish(&mut self, effects: &mut BatchEffects) -> rusqlite::Result<()> {
+        if !self.deferred.is_empty() && (effects.flush_deferred || self.deferred.due()) {
+            let deferred = std::mem::take(&mut self.deferred);
+            for ((uid, device), m) in deferred.cursors {
+                let e = effects.cursors.entry((uid, device)).or_insert(CursorMove {
+                    start: m.start,
+                    offset: m.offset,
+                    first_ts: m.first_ts,
+                    ts: m.ts,
+                });
+                if m.offset > e.offset {
+                    e.offset = m.offset;
+                    e.ts = m.ts;
+                }
+                if m.first_ts < e.first_ts {
+                    e.start = m.start;
+                    e.first_ts = m.first_ts;
+                }
+            }
+            for r in deferred.sent {
+                push_sent(&mut effects.sent, r);
+            }
+        }
         for (stream, &first) in &effects.touched {
             let last = self.offsets.get(stream).copied().unwrap_or(first);
             self.conn
@@ -446,6 +546,11 @@ impl Writer {
                 .prepare_cached("UPDATE sessions SET acked_seq = max(acked_seq, ?2) WHERE id = ?1")?
                 .execute(params![session, seq])?;
         }
+        effects.cursors_written = effects
+            .cursors
+            .iter()
+            .map(|(k, m)| (k.clone(), m.offset))
+            .collect();
         for ((uid, device), m) in effects.cursors.drain() {
             self.conn
                 .prepare_cached(
@@ -505,6 +610,7 @@ impl Writer {
 
     /// Applies one write. In-memory state (offsets, `effects`) changes only once every
     /// statement of the write succeeded, so a rejected write leaves nothing behind.
+    #[allow(clippy::disallowed_types)]
     fn apply(&mut self, write: Write, effects: &mut BatchEffects) -> rusqlite::Result<Done> {
         match write {
             Write::Append(msg) => self.append(msg, effects).map(Done::Appended),
@@ -521,20 +627,22 @@ impl Writer {
                 offset,
                 ts,
             } => {
-                let m = effects.cursors.entry((uid, device)).or_insert(CursorMove {
-                    start: offset,
-                    offset,
-                    first_ts: ts,
-                    ts,
-                });
-                if offset > m.offset {
-                    m.offset = offset;
-                    m.ts = ts;
-                }
+                cursor_move(&mut effects.cursors, uid, device, offset, ts);
+                Ok(Done::Unit)
+            }
+            Write::AdvanceCursor {
+                uid,
+                device,
+                offset,
+                ts,
+            } => {
+                self.deferred.since.get_or_insert_with(Instant::now);
+                cursor_move(&mut self.deferred.cursors, uid, device, offset, ts);
                 Ok(Done::Unit)
             }
             Write::RecordSent(r) => {
-                effects.sent(r);
+                self.deferred.since.get_or_insert_with(Instant::now);
+                push_sent(&mut self.deferred.sent, r);
                 Ok(Done::Unit)
             }
             Write::AppendEvent(e, targets) => self.append_event(e, &targets).map(Done::Event),
@@ -556,7 +664,10 @@ impl Writer {
                 self.retention = policy;
                 retention::trim(&self.conn, now_ms, &policy).map(Done::Trimmed)
             }
-            Write::Barrier => Ok(Done::Unit),
+            Write::Barrier => {
+                effects.flush_deferred = true;
+                Ok(Done::Unit)
+            }
         }
     }
 
@@ -795,6 +906,10 @@ impl Writer {
                     let _ = r.send(Err(StoreError::Closed));
                 }
             }
+        }
+        if !self.deferred.is_empty() {
+            // The deferred writes go in a last commit of their own.
+            self.commit_batch(vec![Write::Barrier], vec![None]);
         }
         if let Some(c) = self.checkpointer.take() {
             c.stop();

@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub(crate) struct Recorder {
     pub(crate) batches: Mutex<Vec<Vec<Arc<StoredMessage>>>>,
+    /// What the listener was told retention trimmed at append time, in order.
+    pub(crate) trimmed: Mutex<Vec<Trimmed>>,
     hold: Mutex<Option<mpsc::Receiver<()>>>,
     parked: Notify,
 }
@@ -29,6 +31,10 @@ impl CommitListener for Recorder {
             self.parked.notify_one();
             let _ = release.recv();
         }
+    }
+
+    fn trimmed(&self, streams: &[Trimmed]) {
+        self.trimmed.lock().unwrap().extend_from_slice(streams);
     }
 }
 

@@ -147,3 +147,83 @@ async fn a_delivery_behind_the_cursor_reads_as_acked() {
     );
     assert!(store.deliveries("m_unknown").await.unwrap().is_empty());
 }
+
+/// Acks' cursor moves and sent ranges nobody waits on are held back and written together:
+/// a cursor read sees a move at once (so the device's next session starts after it), the
+/// trace's view (devices, deliveries) once it is durable, at the latest at a barrier.
+#[tokio::test]
+async fn unanswered_cursor_moves_are_seen_by_cursor_reads_at_once_and_durable_at_a_barrier() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let m = stored(store.append(msg("inbox:bob", "alice", 1)).await.unwrap());
+    store.set_cursor("bob", "b1", 0, 5).await.unwrap();
+    store.record_sent(sent(&m, "b1", "s1", 10));
+    store.advance_cursor("bob", "b1", 1, 20);
+    assert_eq!(store.cursor("bob", "b1").await.unwrap(), Some(1));
+    store.barrier().await.unwrap();
+    assert_eq!(store.devices("bob").await.unwrap()[0].offset, 1);
+    let rows = store.deliveries(&m.id).await.unwrap();
+    assert_eq!(
+        (rows[0].state, rows[0].acked_ms),
+        (DeliveryState::Acked, Some(20))
+    );
+    // Dropped without close: what was held back is written before the writer stops.
+    store.advance_cursor("bob", "b1", 1, 30);
+    let m2 = stored(store.append(msg("inbox:bob", "alice", 2)).await.unwrap());
+    store.record_sent(sent(&m2, "b1", "s1", 40));
+    drop(store);
+    let (store, _) = open(dir.path());
+    assert_eq!(store.deliveries(&m2.id).await.unwrap()[0].first_sent_ms, 40);
+}
+
+/// Sent records are ranges: consecutive sends of one session join, and a run longer than
+/// `SENT_RANGE_MAX` is split, so every offset of it is still found.
+#[tokio::test]
+async fn sent_ranges_join_and_long_runs_are_split_but_every_offset_is_found() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    let n = SENT_RANGE_MAX * 2 + 10;
+    let mut ids = Vec::new();
+    for ts in 1..=n {
+        ids.push(
+            stored(store.append(msg("inbox:bob", "alice", ts)).await.unwrap())
+                .id
+                .clone(),
+        );
+    }
+    store.set_cursor("bob", "b1", 0, 1).await.unwrap();
+    // One send of everything, then single-offset resends of the first ten.
+    store.record_sent(SentRange {
+        uid: "bob".into(),
+        device: "b1".into(),
+        session: "s1".into(),
+        stream: "inbox:bob".into(),
+        first: 1,
+        last: n,
+        ts: 100,
+    });
+    for o in 1..=10 {
+        store.record_sent(SentRange {
+            uid: "bob".into(),
+            device: "b1".into(),
+            session: "s2".into(),
+            stream: "inbox:bob".into(),
+            first: o,
+            last: o,
+            ts: 200,
+        });
+    }
+    store.barrier().await.unwrap();
+    for (i, expect) in [
+        (0usize, 2u32),
+        (9, 2),
+        (10, 1),
+        (n as usize - 1, 1),
+        (1500, 1),
+    ] {
+        let rows = store.deliveries(&ids[i]).await.unwrap();
+        assert_eq!(rows.len(), 1, "offset {}", i + 1);
+        assert_eq!(rows[0].attempts, expect, "offset {}", i + 1);
+        assert_eq!(rows[0].first_sent_ms, 100, "offset {}", i + 1);
+    }
+}

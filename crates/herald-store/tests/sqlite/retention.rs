@@ -1,5 +1,6 @@
 //! `trim`: by count and by age, bounds and reads follow, offsets are never reused.
 
+use herald_store::sqlite::SqliteConfig;
 use herald_store::sqlite::SqliteStore;
 use herald_store::*;
 use tempfile::TempDir;
@@ -290,4 +291,79 @@ async fn trimmed_inbox_messages_leave_their_header_until_the_tombstone_window_pa
         None,
         "purged"
     );
+}
+
+/// A channel's count cap holds at every commit, not only at the periodic trim: the commit
+/// that appends also removes what is beyond the cap, and the listener is told (so live
+/// readers behind it get their gap) before the append resolves.
+#[tokio::test]
+async fn the_channel_count_cap_holds_at_append_time() {
+    let dir = TempDir::new().unwrap();
+    let cfg = SqliteConfig {
+        retention: Retention {
+            channel_max_messages: 3,
+            ..keep_all()
+        },
+        ..config(dir.path())
+    };
+    let (store, recorder) = open_with(cfg);
+    for ts in 1..=10 {
+        let m = stored(store.append(msg("chan:c", "a", ts)).await.unwrap());
+        let b = store.bounds("chan:c").await.unwrap();
+        assert_eq!(b.last, m.offset);
+        assert_eq!(
+            b.first,
+            m.offset.saturating_sub(2).max(1),
+            "after offset {}",
+            m.offset
+        );
+        assert!(all(&store, "chan:c").await.len() <= 3);
+    }
+    let trimmed = recorder.trimmed.lock().unwrap().clone();
+    assert_eq!(
+        trimmed.last().map(|t| (t.stream.as_str(), t.first)),
+        Some(("chan:c", 8))
+    );
+    assert_eq!(trimmed.iter().map(|t| t.removed).sum::<u64>(), 7);
+    // Inboxes have no count cap.
+    for ts in 1..=5 {
+        store.append(msg("inbox:bob", "a", ts)).await.unwrap();
+    }
+    assert_eq!(store.bounds("inbox:bob").await.unwrap().first, 1);
+}
+
+/// A publish retried after retention removed its original is still a duplicate while the
+/// dedupe window lasts: the key outlives its message.
+#[tokio::test]
+async fn a_key_outlives_its_trimmed_message_for_the_dedupe_window() {
+    let dir = TempDir::new().unwrap();
+    let cfg = SqliteConfig {
+        retention: Retention {
+            channel_max_messages: 1,
+            dedupe_window_ms: 1_000,
+            ..keep_all()
+        },
+        ..config(dir.path())
+    };
+    let (store, _) = open_with(cfg);
+    let first = stored(store.append(keyed("chan:c", "a", 100, "k")).await.unwrap());
+    store.append(msg("chan:c", "a", 200)).await.unwrap();
+    assert_eq!(
+        store.bounds("chan:c").await.unwrap().first,
+        2,
+        "original trimmed"
+    );
+    let dup = store.append(keyed("chan:c", "a", 300, "k")).await.unwrap();
+    assert!(
+        matches!(dup, AppendOutcome::Duplicate { ref id, offset: 1, .. } if *id == first.id),
+        "{dup:?}"
+    );
+    // Past the window the key is free again.
+    let again = stored(
+        store
+            .append(keyed("chan:c", "a", 1_200, "k"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again.offset, 3);
 }

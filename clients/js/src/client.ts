@@ -472,13 +472,16 @@ export class Client {
     for (;;) {
       if (this.stoppedWith) return;
       this.emit({ type: "connecting" });
-      const out = await this.connectOnce(() => {
+      const out = await this.connectOnce((deviceSaved) => {
         attempt = 0;
         this.everConnected = true;
-        if (readyOpen) {
-          readyOpen = false;
-          ready();
-        }
+        // `connect()` resolves once the device id is saved (a restarted process finds it).
+        void deviceSaved.then((ok) => {
+          if (ok && readyOpen && !this.stoppedWith) {
+            readyOpen = false;
+            ready();
+          }
+        });
       });
       if (out.kind === "stop" || this.stoppedWith) {
         if (readyOpen) fail(this.stoppedWith ?? new ClosedError());
@@ -518,7 +521,7 @@ export class Client {
   }
 
   /** One connection: hello, welcome, then frames until it ends. */
-  private connectOnce(onWelcome: () => void): Promise<Outcome> {
+  private connectOnce(onWelcome: (deviceSaved: Promise<boolean>) => void): Promise<Outcome> {
     return new Promise<Outcome>((resolve) => {
       let done = false;
       let ws: WebSocketLike | null = null;
@@ -587,14 +590,19 @@ export class Client {
                 conn.welcomed = true;
                 clearTimeout(connectTimer);
                 const device = String(f.device ?? "");
+                let saved: Promise<boolean> = Promise.resolve(true);
                 if (device !== loadedDevice) {
                   try {
                     const r = this.store.save(device);
-                    if (r && typeof (r as Promise<void>).catch === "function") {
-                      (r as Promise<void>).catch((e) => {
-                        const err = new DeviceStoreError(String((e as Error)?.message ?? e));
-                        conn.finish({ kind: "fatal", err });
-                      });
+                    if (r && typeof (r as Promise<void>).then === "function") {
+                      saved = (r as Promise<void>).then(
+                        () => true,
+                        (e) => {
+                          const err = new DeviceStoreError(String((e as Error)?.message ?? e));
+                          conn.finish({ kind: "fatal", err });
+                          return false;
+                        },
+                      );
                     }
                   } catch (e) {
                     conn.finish({ kind: "fatal", err: new DeviceStoreError(String((e as Error)?.message ?? e)) });
@@ -607,7 +615,7 @@ export class Client {
                   device,
                   conn: String(f.conn),
                 };
-                onWelcome();
+                onWelcome(saved);
                 this.onWelcome(conn, f, askedResume);
                 if (!done) armWatchdog(this.hbLimitMs);
                 break;

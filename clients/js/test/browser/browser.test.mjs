@@ -147,3 +147,36 @@ test("a Rust SDK client and a JS client on the same channel see each other's mes
     rmSync(cwd, { recursive: true, force: true });
   }
 });
+
+test("examples/web-chat keeps working across a network cut", async () => {
+  const chat = await serveStatic({ "/sdk/": join(pkg, "dist"), "/": resolve(pkg, "../../examples/web-chat") });
+  const ctx = await browser.newContext();
+  try {
+    const page = await ctx.newPage();
+    page.on("pageerror", (e) => console.error(`[web-chat] ${e.message}`));
+    await page.goto(`${chat.origin}/?server=${encodeURIComponent(proxy.wsUrl)}&uid=walt&room=webchat`);
+    await page.waitForSelector("#text:not([disabled])", { timeout: WAIT });
+    const say = async (text) => {
+      await page.fill("#text", text);
+      await page.press("#text", "Enter");
+    };
+    const shown = (text) => page.locator("#log li", { hasText: `walt: ${text}` });
+    await say("before the cut");
+    await shown("before the cut").waitFor({ timeout: WAIT });
+    proxy.refuse(true);
+    proxy.cutAll();
+    await page.waitForFunction(() => document.getElementById("state").textContent.startsWith("offline"), null, { timeout: WAIT });
+    await say("typed while offline");
+    await page.locator("#log li", { hasText: "sending… typed while offline" }).waitFor({ timeout: WAIT });
+    proxy.refuse(false);
+    await shown("typed while offline").waitFor({ timeout: WAIT });
+    await page.waitForFunction(() => document.getElementById("state").textContent.startsWith("connected"), null, { timeout: WAIT });
+    assert.equal(await shown("before the cut").count(), 1, "nothing shown twice");
+    assert.equal(await shown("typed while offline").count(), 1);
+    assert.equal((await herald.history("chan:webchat")).length, 2);
+    console.log(`web-chat: state "${await page.textContent("#state")}", log ${JSON.stringify(await page.locator("#log li").allTextContents())}`);
+  } finally {
+    await ctx.close();
+    await chat.close();
+  }
+});

@@ -125,7 +125,9 @@ while (Date.now() - started < SECS * 1000) {
     await sleep(800);
     proxy.delay(0);
   } else {
+    // Cut, then refuse the reconnects for a while.
     proxy.refuse(true);
+    proxy.cutAll();
     await sleep(200 + rand() * 600);
     proxy.refuse(false);
   }

@@ -542,10 +542,13 @@ export class Client {
           if (watchdog) clearTimeout(watchdog);
           if (this.conn === conn) this.conn = null;
           if (ws) {
-            ws.onopen = null;
-            ws.onmessage = null;
-            ws.onclose = null;
-            ws.onerror = null;
+            // No-op handlers rather than none: `ws` emits "error" for a socket closed while
+            // still connecting, and an "error" nobody listens to would crash the process.
+            const ignore = () => {};
+            ws.onopen = ignore;
+            ws.onmessage = ignore;
+            ws.onclose = ignore;
+            ws.onerror = ignore;
             try {
               ws.close(1000);
             } catch {

@@ -344,6 +344,31 @@ test("connect to nothing fails at once; credentials are required", async () => {
   await assert.rejects(connect({ url: `ws://${addr}/v1/ws` }), InvalidError);
 });
 
+test("a server that accepts but never answers: the first attempt times out with ConnectError, later ones retry", async () => {
+  const net = await import("node:net");
+  const held = [];
+  const silent = net.createServer((sock) => held.push(sock));
+  await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+  cleanups.push(() => {
+    for (const s of held) s.destroy();
+    return new Promise((r) => silent.close(r));
+  });
+  const url = `ws://127.0.0.1:${silent.address().port}/v1/ws`;
+  const err = await connect({ url, devUid: "ned", connectTimeoutMs: 300 }).catch((e) => e);
+  assert.ok(err instanceof ConnectError, String(err));
+  assert.match(err.message, /no welcome within 300ms/);
+  // Once connected, a silent server during a reconnect is one failed attempt among others.
+  const s = await server();
+  const proxy = await proxyTo(s);
+  const ned = await client(proxy.wsUrl, "ned", { device: "n1", connectTimeoutMs: 300 });
+  proxy.setUpstream(`127.0.0.1:${silent.address().port}`);
+  proxy.cutAll();
+  await ned.e.until((e) => e.type === "reconnecting" && e.attempt === 2, "a timed-out attempt");
+  proxy.setUpstream(s.addr);
+  const seen = await ned.e.until((e) => e.type === "connected");
+  assert.deepEqual(seen.at(-1), { type: "connected", resumed: true });
+});
+
 function jwt(secret, claims) {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
   const head = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;

@@ -880,6 +880,10 @@ export class Client {
       this.forgetChan(p.req.chan);
       return this.settle(p, { ok: undefined });
     }
+    if (p.reject === null) {
+      // A resubscribe the SDK made itself after a failed resume: nobody awaits it, so say it.
+      console.warn(`herald-client: resubscribing after a failed resume was refused: ${code}: ${msg}`);
+    }
     this.settle(p, { err: new ServerError(code, msg) });
   }
 

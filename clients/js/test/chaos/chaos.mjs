@@ -33,8 +33,9 @@ const SECS = opt("seconds", Number(process.env.HERALD_JS_CHAOS_SECS ?? 10));
 const SEED = opt("seed", Number(process.env.HERALD_CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31)));
 const NPUB = opt("publishers", 3);
 const NSUB = opt("subscribers", 3);
+// One random source for the fault schedule, one per publisher for its targets.
 const rand = rng(SEED);
-const pick = (xs) => xs[Math.floor(rand() * xs.length)];
+const pick = (r, xs) => xs[Math.floor(r() * xs.length)];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 console.log(`==> [chaos-js] ${SECS} s of faults, seed ${SEED}, ${NPUB} publishers, ${NSUB} subscribers`);
 
@@ -85,13 +86,14 @@ for (let p = 0; p < NPUB; p++) {
   const me = { ok: [], failed: [], sent: 0 };
   me.done = (async () => {
     let n = 0;
+    const r = rng(SEED + 1 + p);
     while (running) {
-      const to = pick(targets);
+      const to = pick(r, targets);
       const k = `p${p}-${n++}`;
       me.sent++;
       try {
-        const r = await c.publish(to, { k, p, n });
-        me.ok.push({ to, k, stream: r.stream === "inbox" ? `inbox:${to.slice(5)}` : r.stream, o: r.offset });
+        const a = await c.publish(to, { k, p, n });
+        me.ok.push({ to, k, stream: a.stream === "inbox" ? `inbox:${to.slice(5)}` : a.stream, o: a.offset });
       } catch (e) {
         me.failed.push({ to, k, err: String(e) });
       }
@@ -105,6 +107,7 @@ for (let p = 0; p < NPUB; p++) {
 const started = Date.now();
 const kills = Math.max(1, Math.floor(SECS / 60));
 const killAt = Array.from({ length: kills }, (_, k) => ((k + 1) * SECS * 1000) / (kills + 1));
+const kinds = { cut: 0, stall: 0, delay: 0, refuse: 0 };
 while (Date.now() - started < SECS * 1000) {
   await sleep(100 + rand() * 300);
   if (killAt.length > 0 && Date.now() - started >= killAt[0]) {
@@ -114,6 +117,7 @@ while (Date.now() - started < SECS * 1000) {
     continue;
   }
   const f = rand();
+  kinds[f < 0.35 ? "cut" : f < 0.55 ? "stall" : f < 0.75 ? "delay" : "refuse"]++;
   if (f < 0.35) proxy.cutAll();
   else if (f < 0.55) {
     proxy.stallAll();
@@ -216,6 +220,7 @@ const f = proxy.faults;
 console.log(`sent: ${publishers.reduce((a, p) => a + p.sent, 0)} (ok ${oks.length}, failed ${failed})`);
 console.log(`delivered: ${delivered}`);
 console.log(`faults injected: ${proxy.totalFaults} (cuts ${f.cuts}, stalls ${f.stalls}, delays ${f.delays}, refused ${f.refused}, server kills ${f.kills})`);
+console.log(`fault events: ${JSON.stringify(kinds)}`);
 console.log(`announced as gaps: ${announced}`);
 console.log(`lost: ${lost}`);
 console.log(`duplicates: ${duplicates}`);

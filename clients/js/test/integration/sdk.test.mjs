@@ -234,6 +234,25 @@ test("eviction by a twin stops the client without reconnecting; the twin is neve
   assert.deepEqual(second.e.seen.map((e) => e.type), ["connecting", "connected"], "the twin is never evicted back");
 });
 
+test("a session replaced while disconnected learns it on resume and stops", async () => {
+  const s = await server({ IDENTITY__POLICY: "single" });
+  const proxy = await proxyTo(s);
+  const first = await client(proxy.wsUrl, "gus", { device: "g1" });
+  proxy.refuse(true);
+  proxy.cutAll();
+  await first.e.until((e) => e.type === "reconnecting");
+  const second = await client(s.wsUrl, "gus", { device: "g2" });
+  proxy.refuse(false);
+  const seen = await first.e.until((e) => e.type === "evicted");
+  assert.equal(seen.at(-1).reason, "replaced", JSON.stringify(seen));
+  await within(first.c.whenClosed(), "closed");
+  assert.deepEqual(first.e.seen.at(-1), { type: "closed" }, "no fresh login that would evict the twin back");
+  await assert.rejects(first.c.publish("user:gus", 1), EvictedError);
+  const ev = await s.get("/v1/events?type=eviction");
+  assert.equal(ev.body.items.length, 1, JSON.stringify(ev.body));
+  assert.deepEqual(second.e.seen.map((e) => e.type), ["connecting", "connected"]);
+});
+
 test("a kick stops the client (evicted kicked), no reconnect", async () => {
   const s = await server();
   const a = await client(s.wsUrl, "kim", { device: "k1" });

@@ -12,7 +12,7 @@ const sdk = resolve(here, "../../clients/js/dist");
 const types = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".map": "application/json" };
 const port = Number(process.env.PORT ?? 8080);
 
-http
+const server = http
   .createServer(async (req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname));
     if (path.includes("..")) return void res.writeHead(400).end();
@@ -25,5 +25,6 @@ http
     }
   })
   .listen(port, "127.0.0.1", () => {
-    console.log(`web chat on http://127.0.0.1:${port}/?server=ws://127.0.0.1:7070/v1/ws&uid=alice&room=lobby`);
+    const { port: actual } = server.address(); // PORT=0 picks a free one
+    console.log(`web chat on http://127.0.0.1:${actual}/?server=ws://127.0.0.1:7070/v1/ws&uid=alice&room=lobby`);
   });

@@ -174,7 +174,22 @@ test("a Rust SDK client and a JS client on the same channel see each other's mes
 });
 
 test("examples/web-chat keeps working across a network cut", async () => {
-  const chat = await serveStatic({ "/sdk/": join(pkg, "dist"), "/": resolve(pkg, "../../examples/web-chat") });
+  // The example's own server (examples/web-chat/serve.mjs) on a free port.
+  const serve = spawn(process.execPath, [resolve(pkg, "../../examples/web-chat/serve.mjs")], {
+    env: { ...process.env, PORT: "0" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const origin = await within(
+    new Promise((res, rej) => {
+      createInterface({ input: serve.stdout }).on("line", (l) => {
+        const m = l.match(/^web chat on (http:\/\/127\.0\.0\.1:\d+)\//);
+        if (m) res(m[1]);
+      });
+      serve.once("exit", (c) => rej(new Error(`serve.mjs exited ${c}`)));
+    }),
+    "web-chat server",
+  );
+  const chat = { origin, close: async () => serve.kill() };
   const ctx = await browser.newContext();
   try {
     const page = await ctx.newPage();

@@ -3,7 +3,7 @@
 //
 // The chaos run with JS SDK clients (like scripts/soak for the Rust SDK): N publishers and M
 // subscribers over two channels and the subscribers' inboxes, through a fault-injecting proxy
-// (cuts, half-open stalls longer than the heartbeat, latency, refused connections) at random,
+// (cuts, half-open stalls longer than the heartbeat, latency, throttling, refused connections) at random,
 // plus kill -9 and restart of the server (one per minute, at least one). One subscriber asks for
 // a 250 ms reconnect window, so its resumes fail and it recovers through new sessions. The run
 // drives only the public API: it never resends or dedupes itself.
@@ -107,7 +107,7 @@ for (let p = 0; p < NPUB; p++) {
 const started = Date.now();
 const kills = Math.max(1, Math.floor(SECS / 60));
 const killAt = Array.from({ length: kills }, (_, k) => ((k + 1) * SECS * 1000) / (kills + 1));
-const kinds = { cut: 0, stall: 0, delay: 0, refuse: 0 };
+const kinds = { cut: 0, stall: 0, delay: 0, throttle: 0, refuse: 0 };
 while (Date.now() - started < SECS * 1000) {
   await sleep(100 + rand() * 300);
   if (killAt.length > 0 && Date.now() - started >= killAt[0]) {
@@ -117,17 +117,21 @@ while (Date.now() - started < SECS * 1000) {
     continue;
   }
   const f = rand();
-  kinds[f < 0.35 ? "cut" : f < 0.55 ? "stall" : f < 0.75 ? "delay" : "refuse"]++;
-  if (f < 0.35) proxy.cutAll();
-  else if (f < 0.55) {
+  kinds[f < 0.3 ? "cut" : f < 0.5 ? "stall" : f < 0.65 ? "delay" : f < 0.8 ? "throttle" : "refuse"]++;
+  if (f < 0.3) proxy.cutAll();
+  else if (f < 0.5) {
     proxy.stallAll();
     await sleep(1200);
     proxy.cutAll(); // the stalled sockets are dead to both sides by now
     proxy.unstallAll();
-  } else if (f < 0.75) {
+  } else if (f < 0.65) {
     proxy.delay(20 + Math.floor(rand() * 150));
     await sleep(800);
     proxy.delay(0);
+  } else if (f < 0.8) {
+    proxy.throttle(2000 + Math.floor(rand() * 30000));
+    await sleep(800);
+    proxy.throttle(0);
   } else {
     // Cut, then refuse the reconnects for a while.
     proxy.refuse(true);
@@ -138,6 +142,7 @@ while (Date.now() - started < SECS * 1000) {
 }
 proxy.refuse(false);
 proxy.delay(0);
+proxy.throttle(0);
 proxy.unstallAll();
 running = false;
 const pubTimeout = setTimeout(() => {
@@ -219,7 +224,7 @@ await server.stop();
 const f = proxy.faults;
 console.log(`sent: ${publishers.reduce((a, p) => a + p.sent, 0)} (ok ${oks.length}, failed ${failed})`);
 console.log(`delivered: ${delivered}`);
-console.log(`faults injected: ${proxy.totalFaults} (cuts ${f.cuts}, stalls ${f.stalls}, delays ${f.delays}, refused ${f.refused}, server kills ${f.kills})`);
+console.log(`faults injected: ${proxy.totalFaults} (cuts ${f.cuts}, stalls ${f.stalls}, delays ${f.delays}, throttles ${f.throttles}, refused ${f.refused}, server kills ${f.kills})`);
 console.log(`fault events: ${JSON.stringify(kinds)}`);
 console.log(`announced as gaps: ${announced}`);
 console.log(`lost: ${lost}`);

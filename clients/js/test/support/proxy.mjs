@@ -1,7 +1,7 @@
 // A fault-injecting TCP proxy: listens on 127.0.0.1:0, forwards each connection to the current
 // upstream (a real herald), and breaks the network on demand: cut every connection, stall them
-// (half-open: no byte moves, nothing is closed), add latency, refuse new connections, or run a
-// seeded random schedule. Every fault is counted.
+// (half-open: no byte moves, nothing is closed), add latency, throttle, or refuse new
+// connections. Every fault is counted.
 import net from "node:net";
 
 export class Proxy {
@@ -16,8 +16,9 @@ export class Proxy {
     this.upstream = upstream;
     this.refusing = false;
     this.delayMs = 0;
+    this.throttleBps = 0;
     this.conns = new Set();
-    this.faults = { cuts: 0, stalls: 0, delays: 0, refused: 0, kills: 0 };
+    this.faults = { cuts: 0, stalls: 0, delays: 0, throttles: 0, refused: 0, kills: 0 };
     this.server = net.createServer((down) => this.accept(down));
   }
 
@@ -51,12 +52,14 @@ export class Proxy {
           c.held.push([to, buf]);
           return;
         }
-        if (this.delayMs > 0) {
+        // Latency and throttling both hold the source until the chunk may go, so order is kept.
+        const wait = this.delayMs + (this.throttleBps > 0 ? Math.ceil((buf.length * 1000) / this.throttleBps) : 0);
+        if (wait > 0) {
           from.pause();
           setTimeout(() => {
             if (!to.destroyed) to.write(buf);
             from.resume();
-          }, this.delayMs);
+          }, wait);
         } else if (!to.destroyed) {
           to.write(buf);
         }
@@ -105,6 +108,12 @@ export class Proxy {
   delay(ms) {
     if (ms > 0 && this.delayMs === 0) this.faults.delays++;
     this.delayMs = ms;
+  }
+
+  /** Bytes per second per direction and connection (0 = unlimited). */
+  throttle(bps) {
+    if (bps > 0 && this.throttleBps === 0) this.faults.throttles++;
+    this.throttleBps = bps;
   }
 
   /** Counts a kill -9 of the upstream, for the figures. */

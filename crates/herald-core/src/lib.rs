@@ -11,6 +11,7 @@ mod directory;
 pub mod engine;
 pub mod follow;
 pub mod identity;
+pub mod inspect;
 pub mod ids;
 pub mod metrics;
 pub mod session;
@@ -26,6 +27,7 @@ pub use engine::{
     Engine, OpenError, Peer, PublishError, Published, RecipientState, RecipientView, SessionInfo,
     Trace, TracePage,
 };
+pub use inspect::{Overview, SessionFilter, SessionPositions, StreamPosition};
 pub use metrics::Metrics;
 pub use session::Control;
 pub use streams::Streams;

@@ -104,22 +104,26 @@ function field(label, name, value, placeholder) {
 
 // --- overview -----------------------------------------------------------------------------
 
+/// Fewest sample slots a chart is drawn over, so the first seconds do not fill its width.
+const CHART_MIN_SLOTS = 12;
+
+/// A line chart of `values` (null: no reading), newest at the right edge, scaled to its peak.
 function sparkline(values) {
   const w = 240;
   const hgt = 48;
-  const svg = h('svg', { viewBox: `0 0 ${w} ${hgt}`, width: w, height: hgt, class: 'spark' });
+  const svg = h('svg', { viewBox: `0 0 ${w} ${hgt}`, width: '100%', height: hgt, preserveAspectRatio: 'none', class: 'spark' });
+  svg.append(h('line', { x1: 0, y1: hgt - 1, x2: w, y2: hgt - 1, class: 'axis', 'vector-effect': 'non-scaling-stroke' }));
   const nums = values.filter((v) => v !== null);
   if (nums.length < 2) return svg;
   const max = Math.max(...nums, 1e-9);
-  const step = w / (CHART_SAMPLES - 1);
+  const step = w / (Math.max(values.length, CHART_MIN_SLOTS) - 1);
   const x0 = w - (values.length - 1) * step;
   const pts = [];
   values.forEach((v, i) => {
     if (v === null) return;
     pts.push(`${(x0 + i * step).toFixed(1)},${(hgt - 2 - (v / max) * (hgt - 4)).toFixed(1)}`);
   });
-  svg.append(h('line', { x1: 0, y1: hgt - 1, x2: w, y2: hgt - 1, class: 'axis' }));
-  svg.append(h('polyline', { points: pts.join(' '), class: 'line' }));
+  svg.append(h('polyline', { points: pts.join(' '), class: 'line', 'vector-effect': 'non-scaling-stroke' }));
   return svg;
 }
 
@@ -159,7 +163,10 @@ export function overview(main) {
       return h('section', { class: 'card', 'data-card': c.key },
         h('h2', {}, c.title),
         h('div', { class: 'value' }, v === null ? '—' : c.fmt(v)),
-        sparkline(s));
+        sparkline(s),
+        h('div', { class: 'peak muted' }, s.some((x) => x !== null)
+          ? `peak ${c.fmt(Math.max(...s.filter((x) => x !== null)))} in the last ${span(s.length * OVERVIEW_POLL_MS)}`
+          : 'no reading yet'));
     }));
     const row = (k, v) => h('tr', {}, h('th', {}, k), h('td', {}, String(v)));
     const ev = Object.entries(o.evictions).map(([r, n]) => `${r} ${n}`).join(' · ');
@@ -425,7 +432,7 @@ export function sessions(main, _args, q) {
       if (e.kind !== 'eviction' && e.kind !== 'kick') return;
       if ((uid && e.uid !== uid) || (device && e.device !== device)) return;
       live.prepend(h('li', { 'data-event-id': e.id, 'data-kind': e.kind, 'data-session': e.session || '' },
-        `${utc(e.ts)}  ${e.kind}  ${e.uid}/${e.device}  ${e.session || ''}  ${describe(e)}`));
+        `${utc(e.ts)}  ${e.kind}  ${e.uid}${e.device ? `/${e.device}` : ''}  ${e.session || ''}  ${describe(e)}`));
       const line = kicked.get(e.session);
       if (line && e.kind === 'eviction') {
         line.textContent = `${utc(e.ts)}  ${e.session} (${e.uid}/${e.device}) ${describe(e)}`;

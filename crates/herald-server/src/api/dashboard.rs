@@ -73,7 +73,10 @@ pub(crate) fn routes() -> Router<Arc<App>> {
 
 fn serve(a: &Asset) -> Response {
     let mut res = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(a.content_type),
+        )],
         a.body,
     )
         .into_response();

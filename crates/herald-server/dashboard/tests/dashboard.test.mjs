@@ -153,6 +153,17 @@ describe('with an API key', () => {
       assert.ok(Date.now() < deadline, 'the ack reaches the trace');
       await new Promise((r) => setTimeout(r, 50));
     }
+    // Search by sender and time, as `herald messages`.
+    const ts = (await http(server, 'GET', `/v1/messages/${pub.body.id}`, { key: KEY })).body.message.ts;
+    await page.goto(`${server.url}/dashboard#/messages?from=billing&since=15m`);
+    await page.waitForSelector('#messages-count:has-text("1 message,")');
+    assert.deepEqual(await page.$$eval('#messages-body tr', (rows) => rows.map((r) => r.dataset.message)), [pub.body.id]);
+    await page.goto(`${server.url}/dashboard#/messages?from=billing&until=${ts - 1}`);
+    await page.waitForSelector('#messages-count:has-text("0 messages")');
+    await page.goto(`${server.url}/dashboard#/messages?from=nobody`);
+    await page.waitForSelector('#messages-count:has-text("0 messages")');
+    await page.goto(`${server.url}/dashboard#/messages?since=yesterday`);
+    await page.waitForSelector('main .error:has-text("is not a time")');
     await page.goto(`${server.url}/dashboard#/messages?to=user:bob`);
     const link = await page.waitForSelector(`#messages-body tr[data-message="${pub.body.id}"] a`);
     assert.match(await page.textContent(`#messages-body tr[data-message="${pub.body.id}"]`), /billing/);

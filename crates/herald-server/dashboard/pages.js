@@ -243,7 +243,8 @@ function eventRow(e) {
   return h('tr', { 'data-event-id': e.id, 'data-kind': e.kind, 'data-uid': e.uid || '', class: `ev-${e.kind}` },
     h('td', {}, String(e.id)), h('td', { class: 'nowrap' }, utc(e.ts)),
     h('td', {}, h('span', { class: `tag tag-${e.kind}` }, e.kind)),
-    h('td', {}, e.uid || ''), h('td', {}, e.device || ''),
+    h('td', {}, e.uid ? h('a', { href: `#/sessions?uid=${encodeURIComponent(e.uid)}`, title: 'open sessions of this uid' }, e.uid) : ''),
+    h('td', {}, e.device || ''),
     h('td', { class: 'mono' }, e.session || ''), h('td', { class: 'mono' }, e.conn || ''),
     h('td', {}, describe(e)));
 }

@@ -53,7 +53,7 @@ async function eventIds(p) {
 }
 
 before(async () => {
-  browser = await chromium.launch({ executablePath: chromiumPath(), args: ['--no-sandbox'] });
+  browser = await chromium.launch({ executablePath: chromiumPath(), args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
   server = await startServer({
     env: {
       API__KEYS: KEY,

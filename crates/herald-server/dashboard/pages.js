@@ -14,6 +14,8 @@ const SESSIONS_POLL_MS = 2000;
 const EVENTS_KEPT = 500;
 /// Events read when the live events page opens with nothing kept.
 const EVENTS_BACKLOG = 100;
+/// How often an open trace page reads the trace again.
+const TRACE_POLL_MS = 2000;
 /// Sessions and messages listed at most.
 const LIST_LIMIT = 200;
 const PREVIEW_CHARS = 80;
@@ -311,6 +313,11 @@ export function events(main, _args, q) {
   }
   (async () => {
     try {
+      if (kept) {
+        // Kept from another server at this address (its feed started over): start afresh.
+        const newest = (await api('/v1/events', { query: { limit: 1 } })).items || [];
+        if ((newest[0]?.id ?? 0) < (kept.cursor ?? 0)) kept = null;
+      }
       if (!kept) {
         // Nothing kept: the newest events, then the feed after the last of them (after=0 when
         // there are none, so an event recorded meanwhile is not missed).
@@ -395,7 +402,9 @@ export function sessions(main, _args, q) {
       const r = await api('/v1/sessions/positions', { query: { uid, device, limit: LIST_LIMIT } });
       if (stopped) return;
       err.replaceChildren();
-      const text = JSON.stringify(r.items);
+      // A connected session's last_seen_ms moves with every frame and is not shown: it does
+      // not redraw the table (a redraw under the pointer could swallow a click on Kick).
+      const text = JSON.stringify(r.items.map(({ last_seen_ms: seen, ...rest }) => (rest.conn ? rest : { ...rest, seen })));
       if (text !== last) {
         last = text;
         body.replaceChildren(...r.items.map(row));
@@ -555,11 +564,18 @@ export function trace(main, args, q) {
   const id = decodeURIComponent(args[0] || '');
   const offset = Number(q.get('offset') || 0);
   let stopped = false;
+  let timer = null;
+  let last = '';
   main.replaceChildren(h('h1', {}, 'Trace ', h('span', { class: 'mono' }, id)), h('p', { class: 'muted' }, 'Reading…'));
-  (async () => {
+  // Read again every TRACE_POLL_MS while the page is open: a delivery in flight moves on.
+  const load = async () => {
     try {
       const t = await api(`/v1/messages/${encodeURIComponent(id)}`, { query: { offset, limit: LIST_LIMIT } });
       if (stopped) return;
+      timer = setTimeout(load, TRACE_POLL_MS);
+      const text = JSON.stringify(t);
+      if (text === last) return;
+      last = text;
       const m = t.message;
       const channel = m.s.startsWith('chan:');
       const kv = (k, v) => h('tr', {}, h('th', {}, k), h('td', {}, v));
@@ -594,13 +610,16 @@ export function trace(main, args, q) {
           h('ol', { class: 'timeline' }, steps(m, r, channel).map(([when, what, kind]) =>
             h('li', { class: `step step-${kind}` }, h('span', { class: 'when' }, when), h('span', { class: 'what' }, what))))));
       }
-      parts.push(h('p', { class: 'muted' }, 'The same facts as ', h('code', {}, `herald trace ${m.id}`), ' (GET /v1/messages/{id}).'));
+      parts.push(h('p', { class: 'muted' }, 'The same facts as ', h('code', {}, `herald trace ${m.id}`),
+        ` (GET /v1/messages/{id}), read every ${TRACE_POLL_MS / 1000} s.`));
       main.replaceChildren(...parts);
     } catch (e) {
       if (!stopped) main.replaceChildren(h('h1', {}, 'Trace ', h('span', { class: 'mono' }, id)), errorBox(e) || '');
     }
-  })();
+  };
+  load();
   return () => {
     stopped = true;
+    clearTimeout(timer);
   };
 }

@@ -285,18 +285,48 @@ describe('with an API key', () => {
 });
 
 describe('in dev mode', () => {
-  test('the dashboard opens without a key', async () => {
-    const dev = await startServer({ dev: true });
+  test('the dashboard opens without a key, and a trace says why a message was never delivered', async () => {
+    // Inbox messages older than half a second are trimmed, checked every 100 ms.
+    const dev = await startServer({ dev: true, env: { RETENTION__INBOX_MAX_AGE_MS: 500, RETENTION__TRIM_INTERVAL_MS: 100 } });
+    const erin = [];
     try {
-      const ctx = await browser.newContext();
+      const ctx = await browser.newContext({ viewport: { width: 1360, height: 860 } });
       const p = await ctx.newPage();
+      p.on('pageerror', (e) => pageErrors.push(e.message));
       await p.goto(`${dev.url}/dashboard`);
       await p.waitForSelector('[data-card=connections]');
       assert.equal(await p.$('#login'), null);
       assert.match(await p.textContent('#who'), /dev mode/);
-      assert.deepEqual(pageErrors, [], 'no page raised an error');
+
+      // erin's device is known, then offline while a message for her is trimmed.
+      const first = await Client.connect(dev, { uid: 'erin', device: 'e1' });
+      erin.push(first);
+      first.close();
+      await first.closed;
+      const pub = await http(dev, 'POST', '/v1/publish', { json: { to: 'user:erin', body: { text: 'too late' } } });
+      assert.equal(pub.status, 200, JSON.stringify(pub.body));
+      const deadline = Date.now() + WAIT_MS;
+      while (!(await http(dev, 'GET', `/v1/messages/${pub.body.id}`)).body.message?.trimmed_ms) {
+        assert.ok(Date.now() < deadline, 'retention trims the inbox message');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await p.goto(`${dev.url}/dashboard#/trace/${pub.body.id}`);
+      await p.waitForSelector('[data-recipient="erin/e1"][data-state=trimmed][data-cause=trimmed]');
+      assert.match(await p.textContent('[data-recipient="erin/e1"]'), /NOT DELIVERED: trimmed by retention/);
+      assert.match(await p.textContent('main'), /removed by retention at/);
+
+      // She comes back and is told with a gap: the trace names it.
+      const back = await Client.connect(dev, { uid: 'erin', device: 'e1' });
+      erin.push(back);
+      await back.next((f) => f.t === 'gap', 'the gap of the trimmed inbox message');
+      // The open trace page reads the trace again by itself.
+      await p.waitForSelector('[data-recipient="erin/e1"][data-state=trimmed][data-cause=gap]', { timeout: WAIT_MS });
+      assert.match(await p.textContent('[data-recipient="erin/e1"]'), /NOT DELIVERED: inside a gap/);
+      await shot(p, 'trace-gap');
       await ctx.close();
+      assert.deepEqual(pageErrors, [], 'no page raised an error');
     } finally {
+      for (const c of erin) c.close();
       await dev.stop();
     }
   });

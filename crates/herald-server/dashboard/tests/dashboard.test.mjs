@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
-import { chromiumPath, Client, http, outputDir, startServer, token, WAIT_MS } from './harness.mjs';
+import { chromiumPath, Client, freePort, http, outputDir, startServer, token, WAIT_MS } from './harness.mjs';
 
 const KEY = 'dashboard-test-key-3f9c';
 const SECRET = 'dashboard-test-secret-of-at-least-32-bytes';
@@ -75,6 +75,7 @@ describe('with an API key', () => {
   test('a missing or wrong key gets the login form, never data', async () => {
     const ctx = await browser.newContext();
     const p = await ctx.newPage();
+    p.on('pageerror', (e) => pageErrors.push(e.message));
     for (const route of ['overview', 'events', 'sessions', 'messages', 'trace/m_x']) {
       await p.goto(`${server.url}/dashboard#/${route}`);
       await p.waitForSelector('#login');
@@ -324,10 +325,48 @@ describe('in dev mode', () => {
       assert.match(await p.textContent('[data-recipient="erin/e1"]'), /NOT DELIVERED: inside a gap/);
       await shot(p, 'trace-gap');
       await ctx.close();
-      assert.deepEqual(pageErrors, [], 'no page raised an error');
     } finally {
       for (const c of erin) c.close();
       await dev.stop();
     }
+  });
+});
+
+describe('across a server restart', () => {
+  test('the live feed reconnects from its cursor: events meanwhile arrive once, none twice', async () => {
+    const port = await freePort();
+    let srv = await startServer({ dev: true, port });
+    const conns = [];
+    const ctx = await browser.newContext({ viewport: { width: 1360, height: 860 } });
+    try {
+      const p = await ctx.newPage();
+      p.on('pageerror', (e) => pageErrors.push(e.message));
+      await p.goto(`${srv.url}/dashboard#/events`);
+      await p.waitForSelector('#feed-state.live');
+      conns.push(await Client.connect(srv, { uid: 'fay', device: 'f1' }));
+      conns.push(await Client.connect(srv, { uid: 'fay', device: 'f1' }));
+      await p.waitForSelector('#events-body tr[data-kind=eviction][data-uid=fay]');
+
+      await srv.stop({ keep: true });
+      await p.waitForSelector('#feed-state.reconnecting');
+      srv = await startServer({ dev: true, port, dir: srv.dir });
+      // Evictions right after the restart, before the page is back on the stream.
+      for (let i = 0; i < 3; i++) conns.push(await Client.connect(srv, { uid: 'gus', device: 'g1' }));
+      await p.waitForSelector('#feed-state.live', { timeout: WAIT_MS });
+      const all = (await http(srv, 'GET', '/v1/events?limit=1000')).body.items.map((e) => e.id);
+      assert.equal(all.length, 3, 'fay once, gus twice');
+      await p.waitForFunction((n) => document.querySelectorAll('#events-body tr').length === n, all.length);
+      assert.deepEqual(await eventIds(p), all.slice().reverse());
+    } finally {
+      for (const c of conns) c.close();
+      await ctx.close();
+      await srv.stop();
+    }
+  });
+});
+
+describe('every page', () => {
+  test('raised no error in the browser', () => {
+    assert.deepEqual(pageErrors, []);
   });
 });

@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -49,10 +50,20 @@ export function timeout(ms, what) {
   return p;
 }
 
-/// A running server. `env`: HERALD_… settings without the prefix.
-export async function startServer({ dev = false, env = {} } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'herald-dash-'));
-  const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', join(dir, 'data')];
+/// A port on 127.0.0.1 that was free a moment ago (for a server restarted on the same address).
+export async function freePort() {
+  const srv = createServer();
+  await new Promise((res) => srv.listen(0, '127.0.0.1', res));
+  const { port } = srv.address();
+  await new Promise((res) => srv.close(res));
+  return port;
+}
+
+/// A running server. `env`: HERALD_… settings without the prefix; `dir`: an existing
+/// temporary directory to reuse (a restart), else a new one; `port`: 0 for any.
+export async function startServer({ dev = false, env = {}, dir = null, port = 0 } = {}) {
+  dir = dir ?? mkdtempSync(join(tmpdir(), 'herald-dash-'));
+  const args = ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', join(dir, 'data')];
   if (dev) args.push('--dev');
   const childEnv = { ...process.env, RUST_LOG: process.env.HERALD_TEST_LOG || 'error' };
   for (const [k, v] of Object.entries(env)) childEnv[`HERALD_${k}`] = String(v);
@@ -72,10 +83,14 @@ export async function startServer({ dev = false, env = {} } = {}) {
   return {
     url: addr,
     ws: `${addr.replace(/^http/, 'ws')}/v1/ws`,
-    async stop() {
+    dir,
+    /// Stops the process (SIGTERM, graceful); `keep`: leave the data directory for a restart.
+    async stop({ keep = false } = {}) {
       child.kill('SIGTERM');
-      await Promise.race([exited, timeout(WAIT_MS, 'the server to exit')]);
-      rmSync(dir, { recursive: true, force: true });
+      const t = timeout(WAIT_MS, 'the server to exit');
+      await Promise.race([exited, t]);
+      t.clear();
+      if (!keep) rmSync(dir, { recursive: true, force: true });
     },
   };
 }

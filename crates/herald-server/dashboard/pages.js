@@ -70,21 +70,46 @@ function preview(body) {
   return text.length <= PREVIEW_CHARS ? text : `${text.slice(0, PREVIEW_CHARS)}… (${text.length} bytes)`;
 }
 
-/// A time as the CLI takes it: a duration ago (30s, 15m, 1h30m, 2d), a UTC time
-/// (2025-06-01T12:00:00Z or as printed here), or ms since the epoch. Null when empty.
+const UNIT_MS = { ms: 1, s: 1000, m: 60000, h: 3600000, d: 86400000, w: 604800000 };
+
+/// `<n><unit>…` (units ms, s, m, h, d, w) in ms, or null if `s` is not of that form.
+function parseDuration(s) {
+  const re = /(\d+)([a-z]+)/y;
+  let total = 0;
+  while (re.lastIndex < s.length) {
+    const m = re.exec(s);
+    if (!m || !(m[2] in UNIT_MS)) return null;
+    total += Number(m[1]) * UNIT_MS[m[2]];
+  }
+  return s.length ? total : null;
+}
+
+/// `YYYY-MM-DD[(T| )HH:MM[:SS[.mmm]]][Z| UTC]`, always UTC, in ms; null if not of that form.
+function parseUtc(text) {
+  const s = text.replace(/( UTC|Z|z)$/, '');
+  const m = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?)?$/.exec(s);
+  if (!m) return null;
+  const [y, mo, d, hh, mi, ss, frac] = m.slice(1);
+  const ms = Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(hh || 0), Number(mi || 0), Number(ss || 0), Number((frac || '0').padEnd(3, '0')));
+  const back = new Date(ms);
+  // 2025-02-30 and 25:00 are not times.
+  if (back.getUTCMonth() !== Number(mo) - 1 || back.getUTCDate() !== Number(d) || Number(hh || 0) > 23 || Number(mi || 0) > 59 || Number(ss || 0) > 59) return null;
+  return ms;
+}
+
+/// A time as the CLI takes it (`herald messages --since`): `now`, a duration ago (30s, 15m,
+/// 1h30m, 2d, 500ms, 1w), a UTC time (2025-06-01, 2025-06-01T12:00:00Z, or as printed here),
+/// or ms since the epoch. Null when empty; throws with the accepted forms otherwise.
 export function parseWhen(text, now = Date.now()) {
   const t = (text || '').trim();
   if (!t) return null;
-  if (/^\d{10,}$/.test(t)) return Number(t);
-  const dur = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(t);
-  if (dur && dur.slice(1).some(Boolean)) {
-    const [d, hh, m, s] = dur.slice(1).map((x) => Number(x || 0));
-    return now - (((d * 24 + hh) * 60 + m) * 60 + s) * 1000;
-  }
-  const iso = t.replace(/ UTC$/, 'Z').replace(' ', 'T');
-  const ms = Date.parse(/Z$|[+-]\d\d:?\d\d$/.test(iso) ? iso : `${iso}Z`);
-  if (Number.isNaN(ms)) throw new Error(`${JSON.stringify(t)} is not a time: give a duration ago (15m, 1h30m, 2d), a UTC time (2025-06-01T12:00:00Z) or ms since the epoch`);
-  return ms;
+  if (t.toLowerCase() === 'now') return now;
+  if (/^\d+$/.test(t)) return Number(t);
+  const ago = parseDuration(t);
+  if (ago !== null) return Math.max(0, now - ago);
+  const at = parseUtc(t);
+  if (at !== null) return at;
+  throw new Error(`${JSON.stringify(t)} is not a time: use a duration ago (30s, 15m, 1h, 2d, 1h30m), a UTC time (2025-06-01T12:00:00Z) or milliseconds since the epoch`);
 }
 
 function errorBox(e) {

@@ -5,7 +5,7 @@
 
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -24,6 +24,13 @@ export function heraldBin() {
   const target = process.env.CARGO_TARGET_DIR || join(repoRoot, 'target');
   const bin = join(target, 'debug', 'herald');
   if (!existsSync(bin)) throw new Error(`no herald binary at ${bin}: run \`cargo build -p herald-server\` first (or set HERALD_BIN)`);
+  // The pages are compiled into the binary: one older than them would test old pages.
+  const assets = join(here, '..');
+  for (const f of readdirSync(assets).filter((n) => /\.(html|css|js)$/.test(n))) {
+    if (statSync(join(assets, f)).mtimeMs > statSync(bin).mtimeMs) {
+      throw new Error(`${bin} is older than dashboard/${f}, which it embeds: run \`cargo build -p herald-server\` first`);
+    }
+  }
   return bin;
 }
 

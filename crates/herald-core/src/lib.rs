@@ -12,6 +12,7 @@ pub mod engine;
 pub mod follow;
 pub mod identity;
 pub mod ids;
+pub mod inspect;
 pub mod metrics;
 pub mod session;
 pub mod streams;
@@ -26,6 +27,7 @@ pub use engine::{
     Engine, OpenError, Peer, PublishError, Published, RecipientState, RecipientView, SessionInfo,
     Trace, TracePage,
 };
+pub use inspect::{Overview, SessionFilter, SessionPositions, StreamPosition};
 pub use metrics::Metrics;
 pub use session::Control;
 pub use streams::Streams;

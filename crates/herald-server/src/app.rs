@@ -53,6 +53,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/messages/{id}", get(api::message))
         .route("/v1/streams/{s}", get(api::stream))
         .route("/v1/sessions", get(api::sessions))
+        .route(
+            "/v1/sessions/positions",
+            get(api::dashboard::session_positions),
+        )
+        .route("/v1/overview", get(api::dashboard::overview))
         .route("/v1/sessions/{id}", delete(api::kick))
         .route("/v1/events", get(api::events))
         .route("/v1/events/stream", get(api::events_stream))
@@ -66,6 +71,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(api)
+        .merge(api::dashboard::routes())
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(body_limit))

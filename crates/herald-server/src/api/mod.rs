@@ -23,6 +23,7 @@ use serde_json::json;
 
 use crate::app::App;
 
+pub(crate) mod dashboard;
 mod events_stream;
 pub(crate) use events_stream::events_stream;
 

@@ -216,9 +216,9 @@ pub(super) fn trimmed_message(
 /// A `WHERE` clause built from optional filters, with positional parameters.
 #[derive(Default)]
 struct Filter {
-    /// Conditions joined with `AND`, each with one `?`.
+    /// Conditions joined with `AND`, each with its `?`s.
     clauses: Vec<&'static str>,
-    /// The values of the `?`s, in order.
+    /// The values of the `?`s, in the order they appear.
     params: Vec<Value>,
 }
 
@@ -254,7 +254,16 @@ pub(super) fn search(
 ) -> Result<Vec<Arc<StoredMessage>>, StoreError> {
     let mut f = Filter::default();
     f.text("stream = ?", &q.stream);
-    f.text("sender = ?", &q.from_uid);
+    if let Some(sender) = &q.from_uid {
+        // The index covers messages up to `by_sender_upto`; newer ones are read directly.
+        f.clauses.push(
+            "(rowid IN (SELECT msg FROM by_sender WHERE sender = ?)
+              OR (rowid > (SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta
+                           WHERE key = 'by_sender_upto') AND sender = ?))",
+        );
+        f.params.push(Value::Text(sender.clone()));
+        f.params.push(Value::Text(sender.clone()));
+    }
     if q.stream.is_some() {
         f.int("offset > ?", q.after);
     }

@@ -280,6 +280,12 @@ fn remove_prefix(
          WHERE excluded.ts >= idem.ts",
     )?
     .execute(params![stream, first, keep_from])?;
+    conn.prepare_cached(
+        "DELETE FROM by_sender WHERE (sender, ts, msg) IN
+            (SELECT sender, ts, rowid FROM messages
+             WHERE stream = ?1 AND offset >= ?2 AND offset < ?3)",
+    )?
+    .execute(params![stream, first, keep_from])?;
     let removed = conn
         .prepare_cached("DELETE FROM messages WHERE stream = ?1 AND offset >= ?2 AND offset < ?3")?
         .execute(params![stream, first, keep_from])? as u64;

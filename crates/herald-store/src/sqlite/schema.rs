@@ -34,6 +34,10 @@ const STATEMENT_CACHE: usize = 128;
 ///   publisher sent; `session`/`seq` are the sender session and request it answered (the
 ///   writer raises `sessions.acked_seq` from them once per session per commit); `idem` is the
 ///   publisher's idempotency key, found through the partial index `messages_by_idem`.
+/// - `by_sender` is the search index by sender (`msg` is the message's rowid). It is not
+///   written per message: the writer adds every message above `meta.by_sender_upto` in bulk,
+///   with the deferred writes (every 200 ms at most); searches read the messages above
+///   `by_sender_upto` directly. Entries of removed messages are removed with them.
 /// - `idem` keeps the keys of messages retention removed, until the dedupe window passed,
 ///   so a publish retried after its original was trimmed is still answered as a duplicate.
 /// - `sessions.acked_seq` is authoritative over the copy inside `sessions.record` (JSON),
@@ -72,8 +76,14 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_offset ON messages(stream, offset);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages(id);
 CREATE INDEX IF NOT EXISTS messages_by_ts ON messages(ts);
-CREATE INDEX IF NOT EXISTS messages_by_sender ON messages(sender, ts);
 CREATE INDEX IF NOT EXISTS messages_by_idem ON messages(sender, idem) WHERE idem IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS by_sender (
+    sender TEXT NOT NULL,
+    ts     INTEGER NOT NULL,
+    msg    INTEGER NOT NULL,
+    PRIMARY KEY (sender, ts, msg)
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS idem (
     sender TEXT NOT NULL,
@@ -338,7 +348,11 @@ fn migrate_2_to_3(conn: &Connection) -> Result<(), StoreError> {
          INSERT INTO acks (uid, device, last, ts)
              SELECT uid, device, offset, acked_ms FROM deliveries WHERE acked_ms IS NOT NULL
              ORDER BY acked_ms;
-         DROP TABLE deliveries;",
+         DROP TABLE deliveries;
+         DROP INDEX IF EXISTS messages_by_sender;
+         INSERT INTO by_sender (sender, ts, msg) SELECT sender, ts, rowid FROM messages;
+         INSERT OR REPLACE INTO meta (key, value)
+             SELECT 'by_sender_upto', CAST(coalesce(max(rowid), 0) AS TEXT) FROM messages;",
     )
     .map_err(sql_error)
 }

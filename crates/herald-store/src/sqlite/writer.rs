@@ -120,6 +120,7 @@ pub(super) fn spawn(
         shared,
         checkpointer: Some(checkpointer),
         deferred: Deferred::default(),
+        by_sender_upto: None,
     };
     std::thread::Builder::new()
         .name("herald-store-writer".into())
@@ -149,6 +150,9 @@ struct Writer {
     checkpointer: Option<Checkpointer>,
     /// Writes nobody waits on, held for a later commit.
     deferred: Deferred,
+    /// The messages up to this rowid are in the `by_sender` search index (`None`: not loaded
+    /// yet).
+    by_sender_upto: Option<i64>,
 }
 
 /// Cursor moves of acks and sent ranges: written together at most every
@@ -162,7 +166,9 @@ struct Writer {
 struct Deferred {
     cursors: HashMap<(String, String), CursorMove>,
     sent: Vec<SentRange>,
-    /// When the oldest held write arrived.
+    /// Messages stored since the `by_sender` search index was last extended.
+    unindexed: usize,
+    /// When the oldest held write (or unindexed message) arrived.
     since: Option<Instant>,
 }
 
@@ -172,11 +178,11 @@ impl Deferred {
     const MAX: usize = 4096;
 
     fn is_empty(&self) -> bool {
-        self.cursors.is_empty() && self.sent.is_empty()
+        self.cursors.is_empty() && self.sent.is_empty() && self.unindexed == 0
     }
 
     fn due(&self) -> bool {
-        self.cursors.len() + self.sent.len() >= Self::MAX
+        self.cursors.len() + self.sent.len() + self.unindexed >= Self::MAX
             || self.since.is_some_and(|t| t.elapsed() >= Self::EVERY)
     }
 }
@@ -256,6 +262,8 @@ struct BatchEffects {
     flush_deferred: bool,
     /// Cursor moves this batch writes: once committed, they leave the store's pending view.
     cursors_written: Vec<((String, String), u64)>,
+    /// The search index covers messages up to this rowid once the batch is committed.
+    by_sender_upto: Option<i64>,
 }
 
 /// The coalesced cursor moves of one device in one batch.
@@ -389,6 +397,9 @@ impl Writer {
                 if !effects.trimmed.is_empty() {
                     self.notify_trimmed(&effects.trimmed);
                 }
+                if let Some(upto) = effects.by_sender_upto {
+                    self.by_sender_upto = Some(upto);
+                }
                 if !effects.cursors_written.is_empty() {
                     let mut pending = shared
                         .pending_cursors
@@ -512,6 +523,9 @@ impl Writer {
     fn finish(&mut self, effects: &mut BatchEffects) -> rusqlite::Result<()> {
         if !self.deferred.is_empty() && (effects.flush_deferred || self.deferred.due()) {
             let deferred = std::mem::take(&mut self.deferred);
+            if deferred.unindexed > 0 {
+                self.index_by_sender(effects)?;
+            }
             for ((uid, device), m) in deferred.cursors {
                 let e = effects.cursors.entry((uid, device)).or_insert(CursorMove {
                     start: m.start,
@@ -671,6 +685,7 @@ impl Writer {
         }
     }
 
+    #[allow(clippy::disallowed_types)]
     fn append(
         &mut self,
         msg: NewMessage,
@@ -708,6 +723,8 @@ impl Writer {
 
         self.offsets.insert(msg.stream.clone(), offset);
         effects.touched.entry(msg.stream.clone()).or_insert(offset);
+        self.deferred.unindexed += 1;
+        self.deferred.since.get_or_insert_with(Instant::now);
         let stored = Arc::new(StoredMessage {
             stream: msg.stream,
             offset,
@@ -719,6 +736,43 @@ impl Writer {
         });
         effects.stored.push(stored.clone());
         Ok(AppendOutcome::Stored(stored))
+    }
+
+    /// Adds the messages stored since the last run to the `by_sender` search index, in one
+    /// statement (not one per message), and records how far it reaches. The new reach is
+    /// taken over once the batch commits (see [`BatchEffects::by_sender_upto`]).
+    fn index_by_sender(&mut self, effects: &mut BatchEffects) -> rusqlite::Result<()> {
+        let upto = match self.by_sender_upto {
+            Some(u) => u,
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'by_sender_upto'",
+                )?
+                .query_row([], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0),
+        };
+        let newest: i64 = self
+            .conn
+            .prepare_cached("SELECT coalesce(max(rowid), 0) FROM messages")?
+            .query_row([], |r| r.get(0))?;
+        if newest > upto {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO by_sender (sender, ts, msg)
+                     SELECT sender, ts, rowid FROM messages WHERE rowid > ?1 ORDER BY sender, ts",
+                )?
+                .execute([upto])?;
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('by_sender_upto', ?1)",
+                )?
+                .execute([newest.to_string()])?;
+        }
+        self.by_sender_upto = Some(upto);
+        effects.by_sender_upto = Some(newest.max(upto));
+        Ok(())
     }
 
     /// The message `from` published under idempotency key `key` within the dedupe window of

@@ -154,3 +154,70 @@ async fn search_filters_by_stream_sender_offset_and_time() {
     };
     assert_eq!(search(q).await.len(), 2);
 }
+
+async fn sent_by(store: &herald_store::sqlite::SqliteStore, sender: &str) -> Vec<(String, u64)> {
+    let q = SearchQuery {
+        from_uid: Some(sender.into()),
+        ..Default::default()
+    };
+    store
+        .search(&q)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| (m.stream.clone(), m.offset))
+        .collect()
+}
+
+/// Search by sender reads the background index for what it covers and the newest messages
+/// directly: the same answer before the index catches up, after it (a barrier), and after
+/// retention removed some of them.
+#[tokio::test]
+async fn search_by_sender_is_exact_whether_or_not_the_index_caught_up() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(dir.path());
+    for i in 0..6u64 {
+        let from = if i % 2 == 0 { "bob" } else { "carol" };
+        store.append(msg("chan:a", from, 100 + i)).await.unwrap();
+    }
+    let chan_a = |offsets: &[u64]| -> Vec<(String, u64)> {
+        offsets.iter().map(|&o| ("chan:a".to_string(), o)).collect()
+    };
+    assert_eq!(
+        sent_by(&store, "bob").await,
+        chan_a(&[1, 3, 5]),
+        "not indexed yet"
+    );
+    store.barrier().await.unwrap();
+    assert_eq!(sent_by(&store, "bob").await, chan_a(&[1, 3, 5]), "indexed");
+    store.append(msg("chan:a", "bob", 200)).await.unwrap();
+    assert_eq!(
+        sent_by(&store, "bob").await,
+        chan_a(&[1, 3, 5, 7]),
+        "indexed and newer"
+    );
+    store
+        .trim(
+            0,
+            &Retention {
+                channel_max_messages: 3,
+                ..keep_all()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sent_by(&store, "bob").await,
+        chan_a(&[5, 7]),
+        "trimmed ones are gone"
+    );
+    assert_eq!(sent_by(&store, "carol").await, chan_a(&[6]));
+    store.close().await.unwrap();
+    drop(store);
+    let (store, _) = open(dir.path());
+    assert_eq!(
+        sent_by(&store, "bob").await,
+        chan_a(&[5, 7]),
+        "after a reopen"
+    );
+}

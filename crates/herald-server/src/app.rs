@@ -68,6 +68,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .merge(api)
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
+        .layer(middleware::from_fn(catch_panic))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(
@@ -75,6 +76,37 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             count_http_errors,
         ))
         .with_state(app)
+}
+
+/// Turns a panic in a handler into a 500 JSON error (`internal`) instead of a dropped
+/// connection. The panic hook (main.rs) has already logged it as one line.
+pub(crate) async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(res) => res,
+        Err(payload) => api::ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!(
+                "the server failed while answering {method} {path}: {}; this is a bug, please report it",
+                panic_message(payload.as_ref())
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// The message a panic carries (`panic!("…")` payloads are `&str` or `String`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
 }
 
 /// Counts HTTP error answers by code (`herald_http_errors_total`): [`api::ApiError`] tags its
@@ -231,4 +263,45 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     engine.close_store().await.context("closing the store")?;
     info!("shutdown complete");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    /// A handler that panics is answered 500 with the JSON error shape, and the server goes on.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_json() {
+        async fn boom() -> Response {
+            panic!("boom at depth 129")
+        }
+        let router: Router = Router::new()
+            .route("/boom", get(boom))
+            .route("/fine", get(|| async { "fine" }))
+            .layer(middleware::from_fn(catch_panic))
+            .layer(middleware::from_fn(json_errors));
+        let res = router
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).expect("request"))
+            .await
+            .expect("answer");
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "internal", "{v}");
+        let msg = v["error"]["msg"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("GET /boom") && msg.contains("boom at depth 129"),
+            "{msg}"
+        );
+        let res = router
+            .oneshot(Request::get("/fine").body(Body::empty()).expect("request"))
+            .await
+            .expect("answer");
+        assert_eq!(res.status(), StatusCode::OK);
+    }
 }

@@ -38,6 +38,8 @@ use crate::cli::ServeArgs;
 pub(crate) const MAX_LEEWAY_MS: u64 = 5 * 60 * 1000;
 /// Smallest accepted `limits.max_frame_bytes`: a `hello` carrying a large token must fit.
 pub(crate) const MIN_FRAME_BYTES: u64 = 4096;
+/// Highest `limits.max_json_depth`: serde_json (and most parsers) refuse to read deeper values.
+pub(crate) const MAX_JSON_DEPTH: u32 = 128;
 /// Smallest accepted `session.heartbeat_ms`.
 pub(crate) const MIN_HEARTBEAT_MS: u64 = 100;
 /// Smallest accepted `retention.trim_interval_ms`.
@@ -157,6 +159,8 @@ impl Default for SessionSection {
 pub(crate) struct LimitsSection {
     pub(crate) max_frame_bytes: u64,
     pub(crate) max_body_bytes: u64,
+    /// Deepest nesting of arrays and objects in a body (WebSocket `pub` and HTTP publish).
+    pub(crate) max_json_depth: u32,
     /// Outbound frames buffered per connection before it is treated as stalled.
     pub(crate) send_queue_frames: usize,
     /// Initial read buffer per connection (memory per idle connection).
@@ -175,6 +179,7 @@ impl Default for LimitsSection {
         LimitsSection {
             max_frame_bytes: e.max_frame_bytes,
             max_body_bytes: e.max_body_bytes,
+            max_json_depth: herald_protocol::decode::DEFAULT_MAX_JSON_DEPTH as u32,
             send_queue_frames: 1024,
             read_buffer_bytes: 4096,
             requests_per_sec: e.requests_per_sec,
@@ -368,6 +373,14 @@ impl fmt::Debug for WebhookEntry {
 
 impl Config {
     /// The engine's share of the configuration. `tail_cache_messages` keeps its engine default.
+    /// What the frame and request decoders enforce.
+    pub(crate) fn decode_limits(&self) -> herald_protocol::Limits {
+        herald_protocol::Limits {
+            max_body_bytes: self.limits.max_body_bytes as usize,
+            max_json_depth: self.limits.max_json_depth as usize,
+        }
+    }
+
     pub(crate) fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             identity_policy: self.identity.policy,
@@ -517,6 +530,8 @@ const KEYS: &[KeyDoc] = &[
         "Largest WebSocket frame accepted, in bytes; larger ones close the connection (1009)."),
     key("limits", "max_body_bytes", Kind::Int, "a whole number of bytes, at least 1 and at most limits.max_frame_bytes",
         "Largest pub body, in bytes of JSON; larger ones get err too_large."),
+    key("limits", "max_json_depth", Kind::Int, "a whole number from 1 to 128",
+        "Deepest nesting of arrays and objects in a body (WebSocket pub and HTTP publish); deeper ones get bad_frame before anything parses them."),
     key("limits", "send_queue_frames", Kind::Int, "a whole number, at least 1",
         "Outbound frames buffered per connection before the connection is treated as stalled."),
     key("limits", "read_buffer_bytes", Kind::Int, "a whole number of bytes, at least 1024",
@@ -1095,6 +1110,18 @@ impl Loader {
             MIN_FRAME_BYTES,
         );
         self.at_least("limits", "max_body_bytes", c.limits.max_body_bytes, 1);
+        self.at_least(
+            "limits",
+            "max_json_depth",
+            c.limits.max_json_depth.into(),
+            1,
+        );
+        if c.limits.max_json_depth > MAX_JSON_DEPTH {
+            let msg = format!(
+                "must be at most {MAX_JSON_DEPTH} (the recursion limit of common JSON parsers, serde_json's among them: deeper bodies could not be read back)"
+            );
+            self.rule("limits", "max_json_depth", c.limits.max_json_depth, msg);
+        }
         if c.limits.max_body_bytes > c.limits.max_frame_bytes {
             let msg = format!(
                 "must not exceed limits.max_frame_bytes = {} (from {})",

@@ -2,7 +2,6 @@
 //! (signal → stop accepting and close connections with 1001 → drain within the grace period →
 //! persist sessions and close the store).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +17,14 @@ use herald_protocol::ErrorCode;
 use herald_store::sqlite::{SqliteConfig, SqliteStore};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::api;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::ServerMetrics;
 use crate::shutdown::{self, ShutdownSignal, Tracker};
+use crate::transport::listener::{self, Gate, IpRange, ListenerConfig};
 use crate::transport::ws;
 use crate::webhooks::{Dispatcher, WebhookMetrics};
 
@@ -155,6 +155,37 @@ async fn json_errors(req: Request, next: Next) -> Response {
     api::ApiError::new(status, code, msg).into_response()
 }
 
+/// The listener's settings; `server.max_connections` is lowered to fit the open-file limit
+/// (raised to its hard limit first), with a warning.
+fn listener_config(cfg: &Config) -> ListenerConfig {
+    let mut max = cfg.server.max_connections;
+    match listener::raise_fd_limit() {
+        Some(fds) if (max as u64).saturating_add(listener::FD_RESERVE) > fds => {
+            let fit = fds.saturating_sub(listener::FD_RESERVE).max(1) as usize;
+            warn!(
+                max_connections = max,
+                open_file_limit = fds,
+                effective = fit,
+                "server.max_connections exceeds what the open-file limit (RLIMIT_NOFILE, hard limit) allows; \
+                 accepting at most {fit} connections. Raise the limit (ulimit -n, LimitNOFILE= in systemd) to allow more"
+            );
+            max = fit;
+        }
+        _ => {}
+    }
+    ListenerConfig {
+        max_connections: max,
+        max_per_ip: cfg.server.max_connections_per_ip,
+        header_timeout: Duration::from_millis(cfg.server.http_header_timeout_ms),
+        trusted_proxies: cfg
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| IpRange::parse(p).ok())
+            .collect(),
+    }
+}
+
 /// Runs the server until SIGINT/SIGTERM, then shuts down gracefully.
 pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     let data_dir = cfg.server.data_dir.clone();
@@ -205,6 +236,8 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     info!(addr = %local, data_dir = %data_dir.display(), durability = ?app.cfg.storage.durability,
         identity_policy = ?app.cfg.identity.policy, "herald listening");
+    // Before the line below: a test that reads the startup log after it sees the warning.
+    let gate = Gate::new(listener_config(&app.cfg));
     // A stable line on stdout for scripts and tests that start the server on port 0.
     println!("herald listening on http://{local}");
 
@@ -230,27 +263,23 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     let webhooks = tokio::spawn(dispatcher.run(stop_rx.clone()));
 
     let signal_engine = engine.clone();
-    // TCP_NODELAY: answers and deliveries are small writes; with Nagle on, a write behind
-    // an unacknowledged one waits for the peer's delayed ACK (~40 ms on Linux).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            debug!(%err, "TCP_NODELAY not set");
-        }
-    });
-    axum::serve(
-        listener,
-        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let signal = tokio::spawn(async move {
         shutdown::os_signal().await;
         info!("shutdown: signal received; closing connections (sessions stay resumable)");
         let _ = stop_tx.send(true);
         signal_engine.begin_shutdown();
-    })
-    .await
-    .context("server failed")?;
+    });
+    listener::run(listener, gate.clone(), router(app.clone()), stop_rx.clone()).await;
+    let _ = signal.await;
 
     let left = app.tracker.drain(grace).await;
+    // HTTP connections finish their current request (graceful) within the same grace.
+    let _ = tokio::time::timeout(grace, async {
+        while gate.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     if left > 0 {
         warn!(
             left,

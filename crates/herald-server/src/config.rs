@@ -97,6 +97,12 @@ pub(crate) struct ServerSection {
     pub(crate) dev: bool,
     pub(crate) shutdown_grace_ms: u64,
     pub(crate) max_connections: usize,
+    /// Connections per source address (0 = unlimited); trusted proxies are exempt.
+    pub(crate) max_connections_per_ip: usize,
+    /// Time to send a complete request head (also closes idle keep-alive connections).
+    pub(crate) http_header_timeout_ms: u64,
+    /// Addresses or CIDR ranges whose `X-Forwarded-For` header names the client.
+    pub(crate) trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -107,6 +113,9 @@ impl Default for ServerSection {
             dev: false,
             shutdown_grace_ms: 10_000,
             max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            http_header_timeout_ms: 10_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -509,7 +518,13 @@ const KEYS: &[KeyDoc] = &[
     key("server", "shutdown_grace_ms", Kind::Int, MS,
         "On SIGTERM/SIGINT, time given to connections and writes to finish before exiting."),
     key("server", "max_connections", Kind::Int, "a whole number, at least 1",
-        "Concurrent WebSocket connections accepted; beyond it new connections are refused."),
+        "Concurrent connections, HTTP and WebSocket; when full, the oldest connection that has not sent a request yet is closed to make room, else new ones get 503. Lowered at start to fit the open-file limit (with a warning)."),
+    key("server", "max_connections_per_ip", Kind::Int, "a whole number (0 = unlimited)",
+        "Concurrent connections from one source address; beyond it new ones get 503. Trusted proxies are exempt."),
+    key("server", "http_header_timeout_ms", Kind::Int, "a whole number of milliseconds, at least 100",
+        "Time a connection has to send a complete request head, from connect or from its previous answer; slower or idle keep-alive connections are closed."),
+    key("server", "trusted_proxies", Kind::List, "a list of IP addresses or CIDR ranges (comma-separated in the environment)",
+        "Peers whose X-Forwarded-For header names the client (in logs, events and evicted.by.addr); they are exempt from the per-IP cap. Empty: the header is ignored."),
     key("identity", "policy", Kind::Str, "one of multi | single | reject_new",
         "multi: a session per (uid, device); single: a new login evicts the old one; reject_new: refuse logins while the uid is connected."),
     key("identity", "max_devices", Kind::Int, "a whole number, at least 1",
@@ -1076,6 +1091,17 @@ impl Loader {
             c.server.max_connections as u64,
             1,
         );
+        self.at_least(
+            "server",
+            "http_header_timeout_ms",
+            c.server.http_header_timeout_ms,
+            100,
+        );
+        for p in &c.server.trusted_proxies {
+            if let Err(why) = crate::transport::listener::IpRange::parse(p) {
+                self.rule("server", "trusted_proxies", format!("{p:?}"), why);
+            }
+        }
         self.at_least("identity", "max_devices", c.identity.max_devices.into(), 1);
         self.at_least(
             "session",

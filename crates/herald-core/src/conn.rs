@@ -17,10 +17,10 @@ use herald_protocol::{
     close, Ack, ClientFrame, ClientStream, DecodeError, ErrorCode, Gap, GapReason, OkFrame, Pub,
     ServerFrame, Sub, SubPosition, Target, Unsub, Welcome, WelcomeLimits,
 };
-use herald_protocol::{Body, ResumeError};
+use herald_protocol::{Body, ErrFrame, ResumeError};
 use herald_store::{chan_key, inbox_key, NewMessage, SentRecord, StoreError};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::ChannelGrants;
 use crate::engine::{Engine, SYSTEM_SENDER};
@@ -257,6 +257,27 @@ impl Attached {
             a.engine.watch(&key, watcher, a.wake.clone()).await?;
         }
         Ok(a)
+    }
+
+    /// Tells the client, right after the welcome, which subscriptions the server ended on
+    /// resume because the new token's `chans.sub` no longer allows them: one `err`
+    /// `sub_revoked` per channel, without `seq` (never silent).
+    pub(crate) fn subs_revoked(&mut self, chans: Vec<String>) {
+        for chan in chans {
+            info!(event = "sub_revoked", uid = %self.session.uid, device = %self.session.device,
+                session = %self.session.id, conn = %self.conn_id, chan = %chan,
+                "subscription ended on resume: the token no longer allows it");
+            let frame = ServerFrame::Err(ErrFrame {
+                seq: None,
+                code: ErrorCode::SubRevoked,
+                msg: format!(
+                    "subscription to chan:{chan} ended: your token's chans.sub claim does not allow it; \
+                     subscribe again with a token that does"
+                ),
+                chan: Some(chan),
+            });
+            self.answers.push_back(ready(frame.encode()));
+        }
     }
 
     pub fn welcome(&self) -> &Welcome {

@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
-use crate::auth::Identity;
+use crate::auth::{ChannelGrants, Identity};
 use crate::clock::Clock;
 use crate::config::{EngineConfig, NewDeviceStart};
 use crate::conn::Attached;
@@ -418,11 +418,25 @@ impl Engine {
         let mut resume_error = None;
         if let Some(r) = &hello.resume {
             match self.lookup_resume(&r.session, &r.key, &uid, now) {
+                ResumeLookup::Found(s) if !device_allowed(&identity, &s) => {
+                    self.resume_refused(
+                        hello,
+                        &uid,
+                        &r.session,
+                        &conn_id,
+                        &peer,
+                        ResumeError::WrongDevice,
+                    );
+                    resume_error = Some(ResumeError::WrongDevice);
+                }
                 ResumeLookup::Found(s) => {
                     self.inner.metrics.resume("resumed");
-                    return self
+                    let revoked = revoke_subs(&s, &identity.grants);
+                    let mut attached = self
                         .attach(s, identity, peer, conn_id, true, None, rt)
-                        .await;
+                        .await?;
+                    attached.subs_revoked(revoked);
+                    return Ok(attached);
                 }
                 ResumeLookup::Evicted(ev) => {
                     self.inner.metrics.resume("evicted");
@@ -440,18 +454,7 @@ impl Engine {
                     return Err(OpenError::Evicted(ev));
                 }
                 ResumeLookup::Failed(e) => {
-                    self.inner.metrics.resume(e.as_str());
-                    warn!(event = "resume_failed", uid = %uid, device = hello.device.as_deref().unwrap_or(""),
-                        session = %r.session, conn = %conn_id, addr = %peer.addr,
-                        reason = e.as_str(), "resume failed; starting a new session");
-                    self.record_event(
-                        "resume_failed",
-                        Some(&uid),
-                        hello.device.as_deref(),
-                        Some(&r.session),
-                        Some(&conn_id),
-                        serde_json::json!({"reason": e.as_str(), "addr": peer.addr}),
-                    );
+                    self.resume_refused(hello, &uid, &r.session, &conn_id, &peer, e);
                     resume_error = Some(e);
                 }
             }
@@ -545,6 +548,30 @@ impl Engine {
         self.directory().insert(s.clone());
         self.attach(s, identity, peer, conn_id, false, resume_error, rt)
             .await
+    }
+
+    /// Counts, logs and records a resume that was not granted (a new session follows).
+    fn resume_refused(
+        &self,
+        hello: &Hello,
+        uid: &str,
+        session: &str,
+        conn_id: &str,
+        peer: &Peer,
+        e: ResumeError,
+    ) {
+        self.inner.metrics.resume(e.as_str());
+        warn!(event = "resume_failed", uid = %uid, device = hello.device.as_deref().unwrap_or(""),
+            session = %session, conn = %conn_id, addr = %peer.addr,
+            reason = e.as_str(), "resume failed; starting a new session");
+        self.record_event(
+            "resume_failed",
+            Some(uid),
+            hello.device.as_deref(),
+            Some(session),
+            Some(conn_id),
+            serde_json::json!({"reason": e.as_str(), "addr": peer.addr}),
+        );
     }
 
     fn lookup_resume(&self, id: &str, key: &str, uid: &str, now: u64) -> ResumeLookup {
@@ -1029,6 +1056,29 @@ impl Engine {
     pub fn client_stream(key: &str) -> &str {
         client_name(key)
     }
+}
+
+/// A token bound to a device (`device` claim) resumes only that device's sessions.
+fn device_allowed(identity: &Identity, s: &SessionShared) -> bool {
+    identity.device.as_deref().is_none_or(|d| d == s.device)
+}
+
+/// Applies a resuming token's grants to the session: ends the subscriptions its `chans.sub`
+/// no longer allows (before the welcome lists them or delivery resumes) and returns their
+/// channel names, for the `sub_revoked` frames. The record is re-persisted by `attach`.
+fn revoke_subs(s: &SessionShared, grants: &ChannelGrants) -> Vec<String> {
+    let mut g = s.lock();
+    let revoked: Vec<String> = g
+        .subs
+        .keys()
+        .filter(|chan| !grants.may_subscribe(chan))
+        .cloned()
+        .collect();
+    for chan in &revoked {
+        g.subs.remove(chan);
+        g.sub_start.remove(chan);
+    }
+    revoked
 }
 
 fn evicted(reason: EvictReason, t: &Tombstone) -> ResumeLookup {

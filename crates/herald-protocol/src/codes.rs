@@ -22,10 +22,13 @@ pub enum ErrorCode {
     Unauthorized,
     /// Not found (HTTP API only).
     NotFound,
+    /// A subscription was ended by the server because the connection's token no longer
+    /// allows it (sent on resume, without `seq`, with `chan`).
+    SubRevoked,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadFrame,
         ErrorCode::UnknownType,
         ErrorCode::BadTarget,
@@ -38,6 +41,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::NotFound,
+        ErrorCode::SubRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::SubRevoked => "sub_revoked",
         }
     }
 }
@@ -139,7 +144,8 @@ mod tests {
                 | ErrorCode::Unavailable
                 | ErrorCode::Internal
                 | ErrorCode::Unauthorized
-                | ErrorCode::NotFound => {}
+                | ErrorCode::NotFound
+                | ErrorCode::SubRevoked => {}
             }
         }
         let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();

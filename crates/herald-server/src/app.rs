@@ -61,7 +61,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             api::require_api_key,
         ));
     Router::new()
-        .route("/v1/ws", get(ws::upgrade))
+        .route(
+            "/v1/ws",
+            get(ws::upgrade).route_layer(middleware::from_fn_with_state(app.clone(), check_origin)),
+        )
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -76,6 +79,35 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             count_http_errors,
         ))
         .with_state(app)
+}
+
+/// Refuses a WebSocket handshake from a browser origin that `server.allowed_origins` does not
+/// list (403 JSON). Without this any web page could open `/v1/ws` with its visitor's cookies
+/// or, in dev mode, as any uid.
+async fn check_origin(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let Some(origin) = req.headers().get(axum::http::header::ORIGIN) else {
+        return next.run(req).await;
+    };
+    let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+    let list = &app.cfg.server.allowed_origins;
+    let allowed = if list.is_empty() {
+        app.cfg.server.dev
+    } else {
+        list.iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+    };
+    if allowed {
+        return next.run(req).await;
+    }
+    warn!(origin = %origin, "websocket refused: origin not in server.allowed_origins");
+    api::ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!(
+            "origin {origin:?} may not open /v1/ws: it is not listed in server.allowed_origins"
+        ),
+    )
+    .into_response()
 }
 
 /// Turns a panic in a handler into a 500 JSON error (`internal`) instead of a dropped
@@ -215,6 +247,14 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     let auth = Authenticator::from_config(&cfg).context("invalid [auth] settings")?;
     info!("{}", auth.describe());
 
+    if cfg.server.dev && !cfg.server.listen.ip().is_loopback() && !cfg.server.dev_allow_remote {
+        anyhow::bail!(
+            "dev mode (no tokens, no API key) refuses to listen on the non-loopback address {}: \
+             anyone who can reach it could act as any user. Listen on 127.0.0.1 or [::1], or set \
+             server.dev_allow_remote = true (HERALD_SERVER__DEV_ALLOW_REMOTE=true) if you really mean it",
+            cfg.server.listen
+        );
+    }
     let listener = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;

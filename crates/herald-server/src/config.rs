@@ -103,6 +103,10 @@ pub(crate) struct ServerSection {
     pub(crate) http_header_timeout_ms: u64,
     /// Addresses or CIDR ranges whose `X-Forwarded-For` header names the client.
     pub(crate) trusted_proxies: Vec<String>,
+    /// Browser origins allowed to open `/v1/ws` (`*` = any; empty = any in dev, none otherwise).
+    pub(crate) allowed_origins: Vec<String>,
+    /// Lets dev mode listen on a non-loopback address.
+    pub(crate) dev_allow_remote: bool,
 }
 
 impl Default for ServerSection {
@@ -116,6 +120,8 @@ impl Default for ServerSection {
             max_connections_per_ip: 1000,
             http_header_timeout_ms: 10_000,
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            dev_allow_remote: false,
         }
     }
 }
@@ -525,6 +531,10 @@ const KEYS: &[KeyDoc] = &[
         "Time a connection has to send a complete request head, from connect or from its previous answer; slower or idle keep-alive connections are closed."),
     key("server", "trusted_proxies", Kind::List, "a list of IP addresses or CIDR ranges (comma-separated in the environment)",
         "Peers whose X-Forwarded-For header names the client (in logs, events and evicted.by.addr); they are exempt from the per-IP cap. Empty: the header is ignored."),
+    key("server", "allowed_origins", Kind::List, "a list of origins such as \"https://app.example.com\", or [\"*\"] for any (comma-separated in the environment)",
+        "Browser origins (the Origin header) allowed to open /v1/ws; others get 403. Empty: any origin in dev mode, no browser origin otherwise (clients that send no Origin, i.e. not browsers, are always allowed)."),
+    key("server", "dev_allow_remote", Kind::Bool, BOOL,
+        "Lets dev mode (no tokens, no API key) listen on a non-loopback address. Without it such a server refuses to start."),
     key("identity", "policy", Kind::Str, "one of multi | single | reject_new",
         "multi: a session per (uid, device); single: a new login evicts the old one; reject_new: refuse logins while the uid is connected."),
     key("identity", "max_devices", Kind::Int, "a whole number, at least 1",
@@ -1097,6 +1107,18 @@ impl Loader {
             c.server.http_header_timeout_ms,
             100,
         );
+        for o in &c.server.allowed_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.ends_with('/')
+            {
+                self.rule(
+                    "server",
+                    "allowed_origins",
+                    format!("{o:?}"),
+                    "each entry must be \"*\" or an origin: scheme://host[:port] with no path, e.g. \"https://app.example.com\"".into(),
+                );
+            }
+        }
         for p in &c.server.trusted_proxies {
             if let Err(why) = crate::transport::listener::IpRange::parse(p) {
                 self.rule("server", "trusted_proxies", format!("{p:?}"), why);

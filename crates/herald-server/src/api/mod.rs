@@ -104,22 +104,32 @@ pub(crate) async fn require_api_key(
     }
 }
 
-/// Refuses a request body whose Content-Type is not JSON (`415`), so that a cross-site
-/// "simple" form POST cannot publish.
+/// Refuses a request body whose Content-Type is not JSON, or that has none (`415`): a
+/// cross-site "simple" request (a form POST, `fetch` with `text/plain` or no type) cannot
+/// carry `application/json` without a CORS preflight, which herald never grants.
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    if let Some(ct) = headers
+    let ct = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorCode::BadFrame,
-                format!("the Content-Type header must be application/json (or absent), got {ct}"),
-            ));
-        }
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match ct {
+        Some(ct) if is_json(&ct) => Ok(()),
+        Some(ct) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadFrame,
+            format!("the Content-Type header must be application/json, got {ct}"),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadFrame,
+            "the Content-Type header must be application/json, and the request has none",
+        )),
     }
-    Ok(())
+}
+
+/// `application/json`, with optional parameters (`; charset=utf-8`), in any case.
+fn is_json(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
 }
 
 /// A list answer: `{"items": […]}`. Serialized straight from the items (message bodies are

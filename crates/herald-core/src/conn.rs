@@ -280,6 +280,11 @@ impl Attached {
         }
     }
 
+    /// The plain resume key for the welcome (the session keeps only its hash).
+    pub(crate) fn set_welcome_key(&mut self, key: String) {
+        self.welcome.key = key;
+    }
+
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
     }

@@ -32,6 +32,7 @@ use crate::directory::{Directory, Found};
 use crate::identity::{admit, Admission, Candidate};
 use crate::ids;
 use crate::metrics::{Metrics, SessionGauges};
+use crate::resume_key;
 use crate::session::{ConnSlot, Control, SessionShared, Tombstone};
 use crate::streams::{client_name, Streams};
 pub use crate::trace::{RecipientState, RecipientView, Trace, TracePage};
@@ -216,7 +217,13 @@ impl Engine {
         let now = clock.now_ms();
         let directory = Directory::default();
         let mut restored = 0usize;
-        for rec in store.load_sessions().await? {
+        let mut migrated = 0usize;
+        for mut rec in store.load_sessions().await? {
+            // Records from before resume keys were hashed: hash the key, write it back.
+            if resume_key::migrate(&mut rec.key) {
+                store.put_session(rec.clone()).await?;
+                migrated += 1;
+            }
             if rec.state == SessionState::Closed {
                 directory.insert_tombstone(
                     rec.id.clone(),
@@ -242,6 +249,7 @@ impl Engine {
         }
         info!(
             restored,
+            migrated_keys = migrated,
             tombstones = directory.tombstone_count(),
             "sessions restored"
         );
@@ -435,6 +443,7 @@ impl Engine {
                     let mut attached = self
                         .attach(s, identity, peer, conn_id, true, None, rt)
                         .await?;
+                    attached.set_welcome_key(r.key.clone());
                     attached.subs_revoked(revoked);
                     return Ok(attached);
                 }
@@ -528,9 +537,10 @@ impl Engine {
                 .set_cursor(&uid, &device, start, now)
                 .await?;
         }
+        let plain_key = ids::session_key();
         let rec = SessionRecord {
             id: ids::session_id(),
-            key: ids::session_key(),
+            key: resume_key::hash(&plain_key),
             uid: uid.clone(),
             device: device.clone(),
             created_ms: now,
@@ -546,8 +556,11 @@ impl Engine {
         self.inner.store.put_session(rec.clone()).await?;
         let s = Arc::new(SessionShared::from_record(&rec));
         self.directory().insert(s.clone());
-        self.attach(s, identity, peer, conn_id, false, resume_error, rt)
-            .await
+        let mut attached = self
+            .attach(s, identity, peer, conn_id, false, resume_error, rt)
+            .await?;
+        attached.set_welcome_key(plain_key);
+        Ok(attached)
     }
 
     /// Counts, logs and records a resume that was not granted (a new session follows).
@@ -581,7 +594,7 @@ impl Engine {
                 if t.uid != uid {
                     return ResumeLookup::Failed(ResumeError::Unknown);
                 }
-                if t.key != key {
+                if !resume_key::matches(&t.key, key) {
                     return ResumeLookup::Failed(ResumeError::BadKey);
                 }
                 return match t.reason.as_str() {
@@ -596,7 +609,7 @@ impl Engine {
         if s.uid != uid {
             return ResumeLookup::Failed(ResumeError::Unknown);
         }
-        if s.key != key {
+        if !resume_key::matches(&s.key, key) {
             return ResumeLookup::Failed(ResumeError::BadKey);
         }
         let expired = {

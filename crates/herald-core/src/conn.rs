@@ -595,6 +595,26 @@ impl Attached {
             self.answers.push_back(ready(a));
             return;
         }
+        let now = self.engine.now_ms();
+        if !self
+            .engine
+            .inner
+            .quotas
+            .publish
+            .take(&self.session.uid, now)
+        {
+            let per_sec = self.engine.config().publishes_per_uid_per_sec;
+            self.reject(
+                seq,
+                ErrorCode::RateLimited,
+                format!(
+                    "uid {} publishes more than {per_sec} messages per second over all its connections \
+                     (limits.publishes_per_uid_per_sec); not stored: send it again later with a new seq",
+                    self.session.uid
+                ),
+            );
+            return;
+        }
         let (stream, user) = match &p.to {
             Target::User(u) => (inbox_key(u), Some(u.clone())),
             Target::Chan(c) => {
@@ -677,6 +697,22 @@ impl Attached {
                 format!(
                     "`chan`: your token's chans.sub claim does not allow subscribing to chan:{}",
                     s.chan
+                ),
+            );
+            return;
+        }
+        let max = self.engine.config().max_subs_per_session as usize;
+        let count = {
+            let g = self.session.lock();
+            (!g.subs.contains_key(&s.chan)).then_some(g.subs.len())
+        };
+        if max > 0 && count.is_some_and(|n| n >= max) {
+            self.reject(
+                seq,
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this session is subscribed to {max} channels, the most limits.max_subs_per_session allows; \
+                     unsubscribe from one first"
                 ),
             );
             return;

@@ -64,6 +64,11 @@ pub enum OpenError {
     Store(#[from] StoreError),
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error(
+        "`uid` {uid} opened more than {per_min} new sessions in the last minute \
+         (limits.sessions_per_uid_per_min); resume an existing session or retry later"
+    )]
+    TooManySessions { uid: String, per_min: u32 },
 }
 
 impl OpenError {
@@ -87,6 +92,11 @@ impl OpenError {
                 "storage unavailable",
             ),
             OpenError::ShuttingDown => (vec![], close::GOING_AWAY, "server shutting down"),
+            OpenError::TooManySessions { .. } => (
+                vec![ServerFrame::err(None, ErrorCode::RateLimited, self.to_string()).encode()],
+                close::RATE_LIMITED,
+                "too many new sessions",
+            ),
         }
     }
 }
@@ -175,6 +185,8 @@ pub(crate) struct EngineInner {
     /// Why the last append failed, until an append succeeds again. Other writes (trims)
     /// succeeding says nothing about whether messages can be stored.
     append_failing: Mutex<Option<String>>,
+    /// Per-uid quotas (publishes per second, new sessions per minute).
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 impl EngineInner {
@@ -256,6 +268,7 @@ impl Engine {
         let (events, _) = broadcast::channel(1024);
         Ok(Engine {
             inner: Arc::new(EngineInner {
+                quotas: crate::quota::Quotas::new(&cfg),
                 cfg,
                 store,
                 streams,
@@ -474,6 +487,14 @@ impl Engine {
             .clone()
             .or_else(|| hello.device.clone())
             .unwrap_or_else(ids::device_id);
+        if !self.inner.quotas.new_session.take(&uid, now) {
+            warn!(event = "session_refused", uid = %uid, device = %device, conn = %conn_id,
+                addr = %peer.addr, reason = "sessions_per_uid_per_min", "login refused: too many new sessions for this uid");
+            return Err(OpenError::TooManySessions {
+                uid,
+                per_min: self.inner.cfg.sessions_per_uid_per_min,
+            });
+        }
 
         // Identity policy.
         let decision = {

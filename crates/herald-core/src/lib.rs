@@ -13,6 +13,7 @@ pub mod follow;
 pub mod identity;
 pub mod ids;
 pub mod metrics;
+mod quota;
 mod resume_key;
 pub mod session;
 pub mod streams;

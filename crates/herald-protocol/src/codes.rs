@@ -25,10 +25,12 @@ pub enum ErrorCode {
     /// A subscription was ended by the server because the connection's token no longer
     /// allows it (sent on resume, without `seq`, with `chan`).
     SubRevoked,
+    /// A count quota is full (`limits.max_subs_per_session`); the request was not applied.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadFrame,
         ErrorCode::UnknownType,
         ErrorCode::BadTarget,
@@ -42,6 +44,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::NotFound,
         ErrorCode::SubRevoked,
+        ErrorCode::QuotaExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::NotFound => "not_found",
             ErrorCode::SubRevoked => "sub_revoked",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -145,7 +149,8 @@ mod tests {
                 | ErrorCode::Internal
                 | ErrorCode::Unauthorized
                 | ErrorCode::NotFound
-                | ErrorCode::SubRevoked => {}
+                | ErrorCode::SubRevoked
+                | ErrorCode::QuotaExceeded => {}
             }
         }
         let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();

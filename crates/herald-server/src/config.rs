@@ -186,6 +186,12 @@ pub(crate) struct LimitsSection {
     pub(crate) request_burst: u32,
     /// Consecutive rate-limited requests before the connection is closed (4029).
     pub(crate) rate_limit_strikes: u32,
+    /// `pub` requests per second per uid over all its connections; 0 = unlimited.
+    pub(crate) publishes_per_uid_per_sec: u32,
+    /// New sessions per minute per uid; 0 = unlimited.
+    pub(crate) sessions_per_uid_per_min: u32,
+    /// Channels one session may be subscribed to at once; 0 = unlimited.
+    pub(crate) max_subs_per_session: u32,
 }
 
 impl Default for LimitsSection {
@@ -200,6 +206,9 @@ impl Default for LimitsSection {
             requests_per_sec: e.requests_per_sec,
             request_burst: e.request_burst,
             rate_limit_strikes: e.rate_limit_strikes,
+            publishes_per_uid_per_sec: e.publishes_per_uid_per_sec,
+            sessions_per_uid_per_min: e.sessions_per_uid_per_min,
+            max_subs_per_session: e.max_subs_per_session,
         }
     }
 }
@@ -418,6 +427,9 @@ impl Config {
             requests_per_sec: self.limits.requests_per_sec,
             request_burst: self.limits.request_burst,
             rate_limit_strikes: self.limits.rate_limit_strikes,
+            publishes_per_uid_per_sec: self.limits.publishes_per_uid_per_sec,
+            sessions_per_uid_per_min: self.limits.sessions_per_uid_per_min,
+            max_subs_per_session: self.limits.max_subs_per_session,
             dev: self.server.dev,
             webhooks: self
                 .webhooks
@@ -567,6 +579,12 @@ const KEYS: &[KeyDoc] = &[
         "Requests a connection may send at once above the steady rate."),
     key("limits", "rate_limit_strikes", Kind::Int, "a whole number, at least 1",
         "Consecutive rate-limited requests after which the connection is closed (4029)."),
+    key("limits", "publishes_per_uid_per_sec", Kind::Int, "a whole number (0 = unlimited)",
+        "pub requests per second per uid, over all its connections; beyond it a pub gets err rate_limited and is not stored."),
+    key("limits", "sessions_per_uid_per_min", Kind::Int, "a whole number (0 = unlimited)",
+        "New sessions (logins that are not resumes) per minute per uid; beyond it the hello gets err rate_limited and close 4029."),
+    key("limits", "max_subs_per_session", Kind::Int, "a whole number (0 = unlimited)",
+        "Channels one session may be subscribed to at once; a sub beyond it gets err quota_exceeded."),
     key("retention", "channel_max_messages", Kind::Int, "a whole number (0 disables)",
         "Messages kept per channel; older ones are trimmed."),
     key("retention", "channel_max_age_ms", Kind::Int, MS_OR_0,

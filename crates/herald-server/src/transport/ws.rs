@@ -257,6 +257,7 @@ async fn handshake(
             let code = match &e {
                 OpenError::IdentityInUse { .. } => Some(ErrorCode::IdentityInUse),
                 OpenError::Store(_) => Some(ErrorCode::Unavailable),
+                OpenError::TooManySessions { .. } => Some(ErrorCode::RateLimited),
                 OpenError::Evicted(_) | OpenError::ShuttingDown => None,
             };
             if let Some(code) = code {

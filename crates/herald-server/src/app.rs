@@ -301,6 +301,15 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
 
     let webhooks = tokio::spawn(dispatcher.run(stop_rx.clone()));
+    let jwks = match (app.auth.jwks_keys(), app.cfg.auth.jwks_url.clone()) {
+        (Some(keys), Some(url)) => Some(tokio::spawn(crate::jwks::run(
+            url,
+            Duration::from_millis(app.cfg.auth.jwks_refresh_ms),
+            keys,
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
 
     let signal_engine = engine.clone();
     let signal = tokio::spawn(async move {
@@ -329,6 +338,9 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = upkeep.await;
     let _ = webhooks.await;
+    if let Some(j) = jwks {
+        let _ = j.await;
+    }
     engine.close_store().await.context("closing the store")?;
     info!("shutdown complete");
     Ok(())

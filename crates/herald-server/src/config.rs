@@ -288,6 +288,19 @@ pub(crate) struct AuthSection {
     pub(crate) public_key_pem: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub(crate) leeway_ms: u64,
+    /// Required `aud` (unset: not checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) audience: Option<String>,
+    /// Required `iss` (unset: not checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) issuer: Option<String>,
+    /// Longest accepted token lifetime (`exp` − `iat`, or `exp` − now); 0 = unlimited.
+    pub(crate) max_token_lifetime_ms: u64,
+    /// JWKS document URL for keys chosen by `kid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    pub(crate) jwks_refresh_ms: u64,
 }
 
 impl Default for AuthSection {
@@ -296,6 +309,11 @@ impl Default for AuthSection {
             hs256_secret: None,
             public_key_pem: None,
             leeway_ms: 30_000,
+            audience: None,
+            issuer: None,
+            max_token_lifetime_ms: 24 * 3600 * 1000,
+            jwks_url: None,
+            jwks_refresh_ms: 300_000,
         }
     }
 }
@@ -619,6 +637,25 @@ const KEYS: &[KeyDoc] = &[
     },
     key("auth", "leeway_ms", Kind::Int, "a whole number of milliseconds, at most 300000",
         "Clock skew tolerated when checking token exp and nbf."),
+    KeyDoc {
+        example: "\"herald\"",
+        ..key("auth", "audience", Kind::OptStr, "a string",
+            "When set, a token's aud claim (a string or a list) must name it.")
+    },
+    KeyDoc {
+        example: "\"https://login.example.com/\"",
+        ..key("auth", "issuer", Kind::OptStr, "a string",
+            "When set, a token's iss claim must equal it.")
+    },
+    key("auth", "max_token_lifetime_ms", Kind::Int, "a whole number of milliseconds (0 = unlimited)",
+        "Longest token lifetime accepted: exp minus iat (or minus now without iat). Tokens that live longer are refused (default 24 h)."),
+    KeyDoc {
+        example: "\"http://127.0.0.1:8080/.well-known/jwks.json\"",
+        ..key("auth", "jwks_url", Kind::OptStr, "an http:// URL (https is not supported by this build)",
+            "JWKS document with verification keys; a token whose header names a kid is verified with that key. Refreshed every jwks_refresh_ms.")
+    },
+    key("auth", "jwks_refresh_ms", Kind::Int, "a whole number of milliseconds, at least 100",
+        "How often auth.jwks_url is fetched again (key rotation); a failed fetch keeps the previous keys."),
     KeyDoc {
         secret: true,
         ..key("api", "keys", Kind::List,
@@ -1218,6 +1255,12 @@ impl Loader {
                 self.rule("auth", "hs256_secret", "<redacted>", msg);
             }
         }
+        self.at_least("auth", "jwks_refresh_ms", c.auth.jwks_refresh_ms, 100);
+        if let Some(url) = &c.auth.jwks_url {
+            if let Err(why) = check_webhook_url(url) {
+                self.rule("auth", "jwks_url", format!("{url:?}"), why);
+            }
+        }
         if c.auth.leeway_ms > MAX_LEEWAY_MS {
             let msg = format!("must be at most {MAX_LEEWAY_MS} (5 minutes)");
             self.rule("auth", "leeway_ms", c.auth.leeway_ms, msg);
@@ -1408,6 +1451,9 @@ mod tests {
         let mut c = Config::default();
         c.auth.hs256_secret = Some("s".repeat(32));
         c.auth.public_key_pem = Some("/k.pem".into());
+        c.auth.audience = Some("herald".into());
+        c.auth.issuer = Some("idp".into());
+        c.auth.jwks_url = Some("http://127.0.0.1:1/jwks".into());
         c.api.keys = vec!["k".into()];
         c
     }

@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod cmd;
 mod config;
+mod jwks;
 mod metrics;
 mod shutdown;
 mod transport;

@@ -63,6 +63,7 @@ async fn half_open_sockets_past_the_fd_limit_do_not_lock_out_a_login() {
     let opts = Options {
         prefix: vec!["prlimit".into(), "--nofile=1024:1024".into()],
         stderr_to: Some(log.clone()),
+        rust_log: Some("warn".into()),
         ..Options::default()
     };
     // A long header timeout: here only the caps may save the server.

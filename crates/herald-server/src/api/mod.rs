@@ -308,13 +308,39 @@ pub(crate) async fn sessions(
     Ok(list(items))
 }
 
-/// `DELETE /v1/sessions/{id}`: kick (`evicted` `kicked`).
+/// `DELETE /v1/sessions/{id}?revoke=`: kick (`evicted` `kicked`); with `revoke=true`, the
+/// uid's tokens issued before now are refused from then on.
 pub(crate) async fn kick(
     State(app): State<Arc<App>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    let revoke = match q.get("revoke").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(v) => {
+            return Err(ApiError::bad(
+                ErrorCode::BadFrame,
+                format!("`revoke` must be true or false, got {v:?}"),
+            ))
+        }
+    };
+    let uid = app
+        .engine
+        .sessions(None)
+        .into_iter()
+        .find(|s| s.id == id)
+        .map(|s| s.uid);
     if app.engine.kick(&id, &format!("api:{addr}")).await {
+        if let (true, Some(uid)) = (revoke, uid) {
+            let at = app.engine.now_ms();
+            app.auth.revoke(&uid, at);
+            return Ok(Json(
+                json!({ "kicked": id, "revoked": {"uid": uid, "issued_before_ms": at} }),
+            )
+            .into_response());
+        }
         Ok(Json(json!({ "kicked": id })).into_response())
     } else {
         Err(ApiError::not_found(format!("no open session {id}")))

@@ -16,9 +16,12 @@ use crate::shutdown::ShutdownSignal;
 /// Largest JWKS document read.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
+/// `kid` → the algorithm and key it verifies.
+type KeyMap = HashMap<String, (Algorithm, DecodingKey)>;
+
 /// The current key set, shared by the verifier and the refresher.
 #[derive(Clone, Default)]
-pub(crate) struct Keys(Arc<RwLock<HashMap<String, (Algorithm, DecodingKey)>>>);
+pub(crate) struct Keys(Arc<RwLock<KeyMap>>);
 
 impl Keys {
     pub(crate) fn get(&self, kid: &str) -> Option<(Algorithm, DecodingKey)> {
@@ -26,16 +29,14 @@ impl Keys {
         map.get(kid).cloned()
     }
 
-    fn replace(&self, keys: HashMap<String, (Algorithm, DecodingKey)>) {
+    fn replace(&self, keys: KeyMap) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = keys;
     }
 }
 
 /// Parses a JWKS document into `kid → (algorithm, key)`. Keys without `kid`, or of a type
 /// herald does not verify, are skipped (and named in the returned notes).
-pub(crate) fn parse(
-    text: &str,
-) -> Result<(HashMap<String, (Algorithm, DecodingKey)>, Vec<String>), String> {
+pub(crate) fn parse(text: &str) -> Result<(KeyMap, Vec<String>), String> {
     let set: JwkSet =
         serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = HashMap::new();

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::metrics::ServerMetrics;
 use crate::shutdown::{self, ShutdownSignal, Tracker};
 use crate::transport::listener::{self, Gate, IpRange, ListenerConfig};
+use crate::transport::tls::Tls;
 use crate::transport::ws;
 use crate::webhooks::{Dispatcher, WebhookMetrics};
 
@@ -255,6 +256,10 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
             cfg.server.listen
         );
     }
+    let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(cert), Some(key)) => Some(Tls::new(cert, key).context("invalid [tls] settings")?),
+        _ => None,
+    };
     let listener = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
@@ -279,7 +284,8 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Before the line below: a test that reads the startup log after it sees the warning.
     let gate = Gate::new(listener_config(&app.cfg));
     // A stable line on stdout for scripts and tests that start the server on port 0.
-    println!("herald listening on http://{local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("herald listening on {scheme}://{local}");
 
     let upkeep = {
         let engine = engine.clone();
@@ -318,7 +324,17 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         signal_engine.begin_shutdown();
     });
-    listener::run(listener, gate.clone(), router(app.clone()), stop_rx.clone()).await;
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().reload_on_sighup(stop_rx.clone()));
+    }
+    listener::run(
+        listener,
+        gate.clone(),
+        router(app.clone()),
+        tls,
+        stop_rx.clone(),
+    )
+    .await;
     let _ = signal.await;
 
     let left = app.tracker.drain(grace).await;

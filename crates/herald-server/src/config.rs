@@ -84,6 +84,7 @@ pub(crate) struct Config {
     pub(crate) dedupe: DedupeSection,
     pub(crate) auth: AuthSection,
     pub(crate) api: ApiSection,
+    pub(crate) tls: TlsSection,
     /// `[[webhooks]]` entries (an array of tables; file only, not the environment).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) webhooks: Vec<WebhookEntry>,
@@ -124,6 +125,18 @@ impl Default for ServerSection {
             dev_allow_remote: false,
         }
     }
+}
+
+/// Built-in TLS. Both set: the listener speaks only TLS (https://, wss://).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    /// PEM certificate chain, leaf first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -540,6 +553,10 @@ const SECTIONS: &[(&str, &str)] = &[
         "api",
         "HTTP API (`Authorization: Bearer <key>`). Not needed in dev mode.",
     ),
+    (
+        "tls",
+        "Built-in TLS: with cert and key set, the listener speaks only TLS (https://, wss://); both are reloaded on SIGHUP.",
+    ),
 ];
 
 /// Every key, in file order. A test checks this matches the structs field for field.
@@ -664,6 +681,16 @@ const KEYS: &[KeyDoc] = &[
     },
     key("api", "events_heartbeat_ms", Kind::Int, "a whole number of milliseconds, at least 100",
         "Keep-alive comment interval on GET /v1/events/stream while no event flows (keeps proxies from closing it)."),
+    KeyDoc {
+        example: "\"/etc/herald/tls/fullchain.pem\"",
+        ..key("tls", "cert", Kind::OptStr, "the path of a PEM certificate chain, leaf first",
+            "Certificate served to clients. Set together with tls.key; unset: plain HTTP (terminate TLS in a proxy).")
+    },
+    KeyDoc {
+        example: "\"/etc/herald/tls/privkey.pem\"",
+        ..key("tls", "key", Kind::OptStr, "the path of a PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            "Private key of tls.cert.")
+    },
 ];
 
 /// The array of tables holding webhooks (`[[webhooks]]`).
@@ -1282,6 +1309,16 @@ impl Loader {
             c.api.events_heartbeat_ms,
             MIN_EVENTS_HEARTBEAT_MS,
         );
+        if c.tls.cert.is_some() != c.tls.key.is_some() {
+            let (set, unset) = if c.tls.cert.is_some() {
+                ("cert", "key")
+            } else {
+                ("key", "cert")
+            };
+            self.problems.push(Problem::Rule(format!(
+                "tls.{set} is set but tls.{unset} is not: set both for built-in TLS, or neither"
+            )));
+        }
         self.check_webhooks(&c.webhooks);
     }
 
@@ -1454,6 +1491,8 @@ mod tests {
         c.auth.audience = Some("herald".into());
         c.auth.issuer = Some("idp".into());
         c.auth.jwks_url = Some("http://127.0.0.1:1/jwks".into());
+        c.tls.cert = Some("/c.pem".into());
+        c.tls.key = Some("/k.pem".into());
         c.api.keys = vec!["k".into()];
         c
     }

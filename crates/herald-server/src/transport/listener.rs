@@ -319,6 +319,7 @@ pub(crate) async fn run(
     listener: TcpListener,
     gate: Arc<Gate>,
     router: Router,
+    tls: Option<super::tls::Tls>,
     mut shutdown: ShutdownSignal,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -350,30 +351,53 @@ pub(crate) async fn run(
         if let Err(err) = tcp.set_nodelay(true) {
             debug!(%err, "TCP_NODELAY not set");
         }
-        tokio::spawn(serve_conn(
-            tcp,
-            peer,
-            ticket,
-            gate.clone(),
-            router.clone(),
-            stop_rx.clone(),
-        ));
+        let (gate, router, stop) = (gate.clone(), router.clone(), stop_rx.clone());
+        match &tls {
+            None => {
+                tokio::spawn(serve_conn(tcp, peer, ticket, gate, router, stop));
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                tokio::spawn(async move {
+                    // The handshake counts against the header timeout, and a connection still
+                    // in its handshake can be closed to make room like one without a request.
+                    let evict = ticket.evict.clone();
+                    let handshake =
+                        tokio::time::timeout(gate.cfg.header_timeout, acceptor.accept(tcp));
+                    let stream = tokio::select! {
+                        r = handshake => r,
+                        _ = evict.notified() => return,
+                    };
+                    match stream {
+                        Ok(Ok(stream)) => {
+                            serve_conn(stream, peer, ticket, gate, router, stop).await
+                        }
+                        Ok(Err(err)) => debug!(addr = %peer, %err, "TLS handshake failed"),
+                        Err(_) => {
+                            debug!(addr = %peer, "TLS handshake timed out (server.http_header_timeout_ms)")
+                        }
+                    }
+                });
+            }
+        }
     }
     let _ = stop_tx.send(true);
 }
 
-async fn serve_conn(
-    tcp: TcpStream,
+async fn serve_conn<S>(
+    io: S,
     peer: SocketAddr,
     ticket: Arc<Ticket>,
     gate: Arc<Gate>,
     router: Router,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let evict = ticket.evict.clone();
     let header_timeout = gate.cfg.header_timeout;
     let io = TokioIo::new(Counted {
-        io: tcp,
+        io,
         _ticket: ticket.clone(),
     });
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {

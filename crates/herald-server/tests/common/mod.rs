@@ -111,7 +111,10 @@ impl Server {
         let addr = loop {
             match lines.next() {
                 Some(Ok(l)) => {
-                    if let Some(a) = l.strip_prefix("herald listening on http://") {
+                    if let Some(a) = l
+                        .strip_prefix("herald listening on http://")
+                        .or_else(|| l.strip_prefix("herald listening on https://"))
+                    {
                         break a.trim().to_string();
                     }
                 }

@@ -167,3 +167,44 @@ async fn half_requests_and_idle_keep_alive_connections_time_out() {
         .expect("an idle keep-alive connection is closed after the header timeout");
     assert!(rest.is_empty() || rest.contains("ok"), "{rest:?}");
 }
+
+/// Opens `/v1/ws` as `uid` with an `X-Forwarded-For` header; returns the client.
+async fn ws_forwarded(s: &Server, uid: &str, xff: &str) -> Client {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s.ws_url().into_client_request().expect("request");
+    req.headers_mut()
+        .insert("x-forwarded-for", xff.parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws");
+    let hello = serde_json::json!({"t":"hello","v":1,"uid":uid,"device":"d1"}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(hello))
+        .await
+        .expect("hello");
+    // Keep the socket open for the caller; the welcome is read by the session listing below.
+    Client::from_ws(ws)
+}
+
+async fn session_addr(s: &Server, uid: &str) -> String {
+    let v = s
+        .wait_for(&format!("/v1/sessions?uid={uid}"), |v| {
+            v["items"][0]["addr"].is_string()
+        })
+        .await;
+    v["items"][0]["addr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+    // Untrusted by default: the header is ignored.
+    let s = Server::start(&[]);
+    let _c = ws_forwarded(&s, "ned", "203.0.113.9").await;
+    assert!(session_addr(&s, "ned").await.starts_with("127.0.0.1:"));
+
+    // Trusted: the last address the proxy saw is the client.
+    let s = Server::start(&[("SERVER__TRUSTED_PROXIES", "127.0.0.0/8")]);
+    let _c = ws_forwarded(&s, "ola", "198.51.100.1, 203.0.113.9").await;
+    assert_eq!(session_addr(&s, "ola").await, "203.0.113.9:0");
+}

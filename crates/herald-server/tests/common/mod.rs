@@ -309,6 +309,11 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
             .await
             .expect("ws connect");
+        Client::from_ws(ws)
+    }
+
+    /// Wraps a WebSocket the caller opened (custom headers…).
+    pub fn from_ws(ws: Ws) -> Client {
         Client {
             ws,
             queue: VecDeque::new(),

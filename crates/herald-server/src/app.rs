@@ -282,7 +282,7 @@ pub(crate) async fn serve(cfg: Config) -> anyhow::Result<()> {
     info!(addr = %local, data_dir = %data_dir.display(), durability = ?app.cfg.storage.durability,
         identity_policy = ?app.cfg.identity.policy, "herald listening");
     // Before the line below: a test that reads the startup log after it sees the warning.
-    let gate = Gate::new(listener_config(&app.cfg));
+    let gate = Gate::new(listener_config(&app.cfg), app.metrics.clone());
     // A stable line on stdout for scripts and tests that start the server on port 0.
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("herald listening on {scheme}://{local}");

@@ -120,6 +120,13 @@ async fn connections_per_ip_are_capped_and_answered_503() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("server.max_connections_per_ip"), "{answer}");
     assert!(answer.contains(r#""code":"unavailable""#), "{answer}");
+    let refused = s
+        .wait_metric(
+            "herald_connections_refused_total{reason=\"max_connections_per_ip\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(refused, 1.0);
     // Another address is unaffected, WebSocket included.
     let mut c = Client::connect(&s, "bob", "b1").await;
     c.round_trip().await;

@@ -141,6 +141,7 @@ struct GateState {
 /// Admits connections under the caps.
 pub(crate) struct Gate {
     cfg: ListenerConfig,
+    metrics: crate::metrics::ServerMetrics,
     state: Mutex<GateState>,
     /// Last refusal warning (ms since start), so a flood logs one line per second.
     last_warn: AtomicU64,
@@ -170,6 +171,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut g = self.gate.lock();
         g.total = g.total.saturating_sub(1);
+        self.gate.metrics.connections_open.set(g.total as i64);
         if let Some(n) = g.by_ip.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -182,13 +184,15 @@ impl Drop for Ticket {
 
 enum Admission {
     Admit(Arc<Ticket>),
-    Refuse(String),
+    /// Why, for the client, and the metric's reason label.
+    Refuse(String, &'static str),
 }
 
 impl Gate {
-    pub(crate) fn new(cfg: ListenerConfig) -> Arc<Gate> {
+    pub(crate) fn new(cfg: ListenerConfig, metrics: crate::metrics::ServerMetrics) -> Arc<Gate> {
         Arc::new(Gate {
             cfg,
+            metrics,
             state: Mutex::new(GateState::default()),
             last_warn: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
@@ -209,24 +213,32 @@ impl Gate {
         let mut g = self.lock();
         let per_ip = g.by_ip.get(&ip).copied().unwrap_or(0);
         if self.cfg.max_per_ip > 0 && per_ip >= self.cfg.max_per_ip && !self.cfg.trusted(ip) {
-            return Admission::Refuse(format!(
-                "{ip} has {per_ip} connections open, the most server.max_connections_per_ip allows; close some and retry"
-            ));
+            return Admission::Refuse(
+                format!(
+                    "{ip} has {per_ip} connections open, the most server.max_connections_per_ip allows; close some and retry"
+                ),
+                "max_connections_per_ip",
+            );
         }
         if g.total >= self.cfg.max_connections {
             // Make room by closing the connection that has waited longest without sending a
             // request; if every connection is in use, refuse.
             let Some((_, evict)) = g.waiting.pop_first() else {
-                return Admission::Refuse(format!(
-                    "server is at server.max_connections = {}; retry later",
-                    self.cfg.max_connections
-                ));
+                return Admission::Refuse(
+                    format!(
+                        "server is at server.max_connections = {}; retry later",
+                        self.cfg.max_connections
+                    ),
+                    "max_connections",
+                );
             };
             evict.notify_one();
+            self.metrics.connection_refused("evicted_idle");
         }
         g.next += 1;
         let id = g.next;
         g.total += 1;
+        self.metrics.connections_open.set(g.total as i64);
         *g.by_ip.entry(ip).or_insert(0) += 1;
         let evict = Arc::new(Notify::new());
         g.waiting.insert(id, evict.clone());
@@ -340,7 +352,8 @@ pub(crate) async fn run(
         };
         let ticket = match gate.admit(peer.ip()) {
             Admission::Admit(t) => t,
-            Admission::Refuse(why) => {
+            Admission::Refuse(why, reason) => {
+                gate.metrics.connection_refused(reason);
                 gate.warn_refused(peer, &why);
                 refuse(tcp, &why);
                 continue;

@@ -33,6 +33,7 @@ async fn publishes_per_uid_are_limited_across_connections() {
     let mut c1 = Client::connect(&s, "jo", "phone").await;
     let mut c2 = Client::connect(&s, "jo", "laptop").await;
     let mut seqs = Vec::new();
+    let t0 = tokio::time::Instant::now();
     for i in 0..5 {
         seqs.push((
             1,
@@ -56,8 +57,13 @@ async fn publishes_per_uid_are_limited_across_connections() {
             other => panic!("{other:?}"),
         }
     }
-    // 5 at once, plus at most one refilled while the ten were sent.
-    assert!((5..=6).contains(&ok), "ok {ok}, limited {limited}");
+    // 5 at once, plus what refilled (5 per second) while the ten were answered.
+    let refilled = (t0.elapsed().as_secs_f64() * 5.0).ceil() as usize;
+    assert!(
+        ok >= 5 && ok <= 5 + refilled,
+        "ok {ok}, limited {limited}, refilled {refilled}"
+    );
+    assert!(limited >= 1, "nothing was limited: ok {ok}");
     assert_eq!(ok + limited, 10);
     // Another uid has its own allowance.
     let mut k = Client::connect(&s, "kim", "k1").await;

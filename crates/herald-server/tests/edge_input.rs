@@ -154,7 +154,7 @@ fn any_json() -> impl Strategy<Value = (Value, usize)> {
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     });
-    (tree, prop_oneof![Just(0usize), 55usize..70])
+    (tree, prop_oneof![Just(0usize), 60usize..80])
 }
 
 fn depth(v: &Value) -> usize {
@@ -171,7 +171,8 @@ fn depth(v: &Value) -> usize {
 #[test]
 fn arbitrary_accepted_bodies_read_back_through_every_route() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let s = Server::start(&[]);
+    // Refused bodies are malformed frames; keep the one connection open through all of them.
+    let s = Server::start(&[("SESSION__MAX_BAD_FRAMES", "100000")]);
     let client = tokio::sync::Mutex::new(rt.block_on(Client::connect(&s, "prop", "p1")));
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 48,
@@ -250,7 +251,7 @@ fn arbitrary_accepted_bodies_read_back_through_every_route() {
         .expect("every accepted body reads back through every route");
     // Both sides of the limit were exercised.
     assert!(
-        read_back.get() >= 10 && refused.get() >= 5,
+        read_back.get() >= 10 && refused.get() >= 3,
         "read back {}, refused {}",
         read_back.get(),
         refused.get()

@@ -17,7 +17,10 @@ use herald_protocol::{decode_frame, ClientFrame, Limits, Target};
 use libfuzzer_sys::fuzz_target;
 
 /// Small enough that fuzzed bodies often hit the limit.
-const SMALL: Limits = Limits { max_body_bytes: 8 };
+const SMALL: Limits = Limits {
+    max_body_bytes: 8,
+    max_json_depth: 2,
+};
 
 fuzz_target!(|data: &[u8]| {
     // Valid UTF-8 is borrowed as is; anything else goes through the lossy conversion, as a
@@ -51,6 +54,15 @@ fn check_frame(text: &str, limits: &Limits) {
         };
         if let ClientFrame::Pub(p) = &frame {
             let len = p.body.get().len();
+            assert_eq!(
+                herald_protocol::decode::json_too_deep(
+                    p.body.get().as_bytes(),
+                    limits.max_json_depth
+                ),
+                None,
+                "accepted a body nested past max_json_depth {}",
+                limits.max_json_depth
+            );
             assert!(
                 len <= limits.max_body_bytes,
                 "accepted a {len}-byte body over max_body_bytes {}",

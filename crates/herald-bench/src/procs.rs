@@ -142,7 +142,9 @@ impl Herald {
                 "RUST_LOG",
                 std::env::var("HERALD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .env("HERALD_LIMITS__REQUESTS_PER_SEC", "0");
+            .env("HERALD_LIMITS__REQUESTS_PER_SEC", "0")
+            .env("HERALD_LIMITS__PUBLISHES_PER_UID_PER_SEC", "0")
+            .env("HERALD_LIMITS__SESSIONS_PER_UID_PER_MIN", "0");
         for (k, v) in env {
             cmd.env(format!("HERALD_{k}"), v);
         }
@@ -230,7 +232,9 @@ impl Herald {
                 "RUST_LOG",
                 std::env::var("HERALD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .env("HERALD_LIMITS__REQUESTS_PER_SEC", "0");
+            .env("HERALD_LIMITS__REQUESTS_PER_SEC", "0")
+            .env("HERALD_LIMITS__PUBLISHES_PER_UID_PER_SEC", "0")
+            .env("HERALD_LIMITS__SESSIONS_PER_UID_PER_MIN", "0");
         for (k, v) in env {
             cmd.env(format!("HERALD_{k}"), v);
         }

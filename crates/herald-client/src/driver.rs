@@ -614,6 +614,12 @@ impl Driver {
             }
             ServerFrame::Err(e) => {
                 let Some(seq) = e.seq else {
+                    if let (herald_protocol::ErrorCode::SubRevoked, Some(chan)) = (e.code, &e.chan)
+                    {
+                        // The server ended this subscription (the token no longer allows
+                        // it): never resubscribe to it on a later reconnect.
+                        self.forget_chan(chan);
+                    }
                     tracing::warn!(code = e.code.as_str(), msg = %e.msg, "herald-client: server error");
                     return Ok(());
                 };

@@ -56,6 +56,12 @@ pub struct EngineConfig {
     pub request_burst: u32,
     /// Consecutive rate-limited requests after which the connection is closed (4029).
     pub rate_limit_strikes: u32,
+    /// `pub` requests per second per uid, over all its connections; 0 = unlimited.
+    pub publishes_per_uid_per_sec: u32,
+    /// New sessions (logins that are not resumes) per minute per uid; 0 = unlimited.
+    pub sessions_per_uid_per_min: u32,
+    /// Channels one session may be subscribed to at once; 0 = unlimited.
+    pub max_subs_per_session: u32,
     /// Accept `hello.uid` without a token.
     pub dev: bool,
     /// Webhooks recorded events are queued for (in the outbox, with the event).
@@ -83,9 +89,12 @@ impl Default for EngineConfig {
                 tombstone_ms: 24 * 3600 * 1000,
             },
             tail_cache_messages: 1024,
-            requests_per_sec: 10_000,
-            request_burst: 20_000,
+            requests_per_sec: 1000,
+            request_burst: 2000,
             rate_limit_strikes: 100,
+            publishes_per_uid_per_sec: 1000,
+            sessions_per_uid_per_min: 60,
+            max_subs_per_session: 1000,
             dev: false,
             webhooks: Vec::new(),
         }

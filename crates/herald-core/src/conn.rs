@@ -20,10 +20,10 @@ use herald_protocol::{
     close, Ack, ClientFrame, ClientStream, DecodeError, ErrorCode, Gap, GapReason, OkFrame, Pub,
     ServerFrame, Sub, SubPosition, Target, Unsub, Welcome, WelcomeLimits,
 };
-use herald_protocol::{Body, ResumeError};
+use herald_protocol::{Body, ErrFrame, ResumeError};
 use herald_store::{chan_key, inbox_key, NewMessage, SentRange, StoreError};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::ChannelGrants;
 use crate::engine::{Engine, SYSTEM_SENDER};
@@ -267,6 +267,32 @@ impl Attached {
             a.engine.watch(&key, watcher, a.wake.clone()).await?;
         }
         Ok(a)
+    }
+
+    /// Tells the client, right after the welcome, which subscriptions the server ended on
+    /// resume because the new token's `chans.sub` no longer allows them: one `err`
+    /// `sub_revoked` per channel, without `seq` (never silent).
+    pub(crate) fn subs_revoked(&mut self, chans: Vec<String>) {
+        for chan in chans {
+            info!(event = "sub_revoked", uid = %self.session.uid, device = %self.session.device,
+                session = %self.session.id, conn = %self.conn_id, chan = %chan,
+                "subscription ended on resume: the token no longer allows it");
+            let frame = ServerFrame::Err(ErrFrame {
+                seq: None,
+                code: ErrorCode::SubRevoked,
+                msg: format!(
+                    "subscription to chan:{chan} ended: your token's chans.sub claim does not allow it; \
+                     subscribe again with a token that does"
+                ),
+                chan: Some(chan),
+            });
+            self.answers.push_back(ready(frame.encode()));
+        }
+    }
+
+    /// The plain resume key for the welcome (the session keeps only its hash).
+    pub(crate) fn set_welcome_key(&mut self, key: String) {
+        self.welcome.key = key;
     }
 
     pub fn welcome(&self) -> &Welcome {
@@ -608,6 +634,26 @@ impl Attached {
             self.answers.push_back(ready(a));
             return;
         }
+        let now = self.engine.now_ms();
+        if !self
+            .engine
+            .inner
+            .quotas
+            .publish
+            .take(&self.session.uid, now)
+        {
+            let per_sec = self.engine.config().publishes_per_uid_per_sec;
+            self.reject(
+                seq,
+                ErrorCode::RateLimited,
+                format!(
+                    "uid {} publishes more than {per_sec} messages per second over all its connections \
+                     (limits.publishes_per_uid_per_sec); not stored: send it again later with a new seq",
+                    self.session.uid
+                ),
+            );
+            return;
+        }
         let (stream, user) = match &p.to {
             Target::User(u) => (inbox_key(u), Some(u.clone())),
             Target::Chan(c) => {
@@ -693,6 +739,22 @@ impl Attached {
                 format!(
                     "`chan`: your token's chans.sub claim does not allow subscribing to chan:{}",
                     s.chan
+                ),
+            );
+            return;
+        }
+        let max = self.engine.config().max_subs_per_session as usize;
+        let count = {
+            let g = self.session.lock();
+            (!g.subs.contains_key(&s.chan)).then_some(g.subs.len())
+        };
+        if max > 0 && count.is_some_and(|n| n >= max) {
+            self.reject(
+                seq,
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this session is subscribed to {max} channels, the most limits.max_subs_per_session allows; \
+                     unsubscribe from one first"
                 ),
             );
             return;

@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
-use crate::auth::Identity;
+use crate::auth::{ChannelGrants, Identity};
 use crate::clock::Clock;
 use crate::config::{EngineConfig, NewDeviceStart};
 use crate::conn::Attached;
@@ -32,6 +32,7 @@ use crate::directory::{Directory, Found};
 use crate::identity::{admit, Admission, Candidate};
 use crate::ids;
 use crate::metrics::{Metrics, SessionGauges};
+use crate::resume_key;
 use crate::session::{ConnSlot, Control, SessionShared, Tombstone};
 use crate::streams::{client_name, Streams};
 pub use crate::trace::{RecipientState, RecipientView, Trace, TracePage};
@@ -63,6 +64,11 @@ pub enum OpenError {
     Store(#[from] StoreError),
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error(
+        "`uid` {uid} opened more than {per_min} new sessions in the last minute \
+         (limits.sessions_per_uid_per_min); resume an existing session or retry later"
+    )]
+    TooManySessions { uid: String, per_min: u32 },
 }
 
 impl OpenError {
@@ -86,6 +92,11 @@ impl OpenError {
                 "storage unavailable",
             ),
             OpenError::ShuttingDown => (vec![], close::GOING_AWAY, "server shutting down"),
+            OpenError::TooManySessions { .. } => (
+                vec![ServerFrame::err(None, ErrorCode::RateLimited, self.to_string()).encode()],
+                close::RATE_LIMITED,
+                "too many new sessions",
+            ),
         }
     }
 }
@@ -174,6 +185,8 @@ pub(crate) struct EngineInner {
     /// Why the last append failed, until an append succeeds again. Other writes (trims)
     /// succeeding says nothing about whether messages can be stored.
     append_failing: Mutex<Option<String>>,
+    /// Per-uid quotas (publishes per second, new sessions per minute).
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 impl EngineInner {
@@ -216,7 +229,13 @@ impl Engine {
         let now = clock.now_ms();
         let directory = Directory::default();
         let mut restored = 0usize;
-        for rec in store.load_sessions().await? {
+        let mut migrated = 0usize;
+        for mut rec in store.load_sessions().await? {
+            // Records from before resume keys were hashed: hash the key, write it back.
+            if resume_key::migrate(&mut rec.key) {
+                store.put_session(rec.clone()).await?;
+                migrated += 1;
+            }
             if rec.state == SessionState::Closed {
                 directory.insert_tombstone(
                     rec.id.clone(),
@@ -242,12 +261,14 @@ impl Engine {
         }
         info!(
             restored,
+            migrated_keys = migrated,
             tombstones = directory.tombstone_count(),
             "sessions restored"
         );
         let (events, _) = broadcast::channel(1024);
         Ok(Engine {
             inner: Arc::new(EngineInner {
+                quotas: crate::quota::Quotas::new(&cfg),
                 cfg,
                 store,
                 streams,
@@ -418,11 +439,26 @@ impl Engine {
         let mut resume_error = None;
         if let Some(r) = &hello.resume {
             match self.lookup_resume(&r.session, &r.key, &uid, now) {
+                ResumeLookup::Found(s) if !device_allowed(&identity, &s) => {
+                    self.resume_refused(
+                        hello,
+                        &uid,
+                        &r.session,
+                        &conn_id,
+                        &peer,
+                        ResumeError::WrongDevice,
+                    );
+                    resume_error = Some(ResumeError::WrongDevice);
+                }
                 ResumeLookup::Found(s) => {
                     self.inner.metrics.resume("resumed");
-                    return self
+                    let revoked = revoke_subs(&s, &identity.grants);
+                    let mut attached = self
                         .attach(s, identity, peer, conn_id, true, None, rt)
-                        .await;
+                        .await?;
+                    attached.set_welcome_key(r.key.clone());
+                    attached.subs_revoked(revoked);
+                    return Ok(attached);
                 }
                 ResumeLookup::Evicted(ev) => {
                     self.inner.metrics.resume("evicted");
@@ -440,18 +476,7 @@ impl Engine {
                     return Err(OpenError::Evicted(ev));
                 }
                 ResumeLookup::Failed(e) => {
-                    self.inner.metrics.resume(e.as_str());
-                    warn!(event = "resume_failed", uid = %uid, device = hello.device.as_deref().unwrap_or(""),
-                        session = %r.session, conn = %conn_id, addr = %peer.addr,
-                        reason = e.as_str(), "resume failed; starting a new session");
-                    self.record_event(
-                        "resume_failed",
-                        Some(&uid),
-                        hello.device.as_deref(),
-                        Some(&r.session),
-                        Some(&conn_id),
-                        serde_json::json!({"reason": e.as_str(), "addr": peer.addr}),
-                    );
+                    self.resume_refused(hello, &uid, &r.session, &conn_id, &peer, e);
                     resume_error = Some(e);
                 }
             }
@@ -462,6 +487,14 @@ impl Engine {
             .clone()
             .or_else(|| hello.device.clone())
             .unwrap_or_else(ids::device_id);
+        if !self.inner.quotas.new_session.take(&uid, now) {
+            warn!(event = "session_refused", uid = %uid, device = %device, conn = %conn_id,
+                addr = %peer.addr, reason = "sessions_per_uid_per_min", "login refused: too many new sessions for this uid");
+            return Err(OpenError::TooManySessions {
+                uid,
+                per_min: self.inner.cfg.sessions_per_uid_per_min,
+            });
+        }
 
         // Identity policy.
         let decision = {
@@ -525,9 +558,10 @@ impl Engine {
                 .set_cursor(&uid, &device, start, now)
                 .await?;
         }
+        let plain_key = ids::session_key();
         let rec = SessionRecord {
             id: ids::session_id(),
-            key: ids::session_key(),
+            key: resume_key::hash(&plain_key),
             uid: uid.clone(),
             device: device.clone(),
             created_ms: now,
@@ -543,8 +577,35 @@ impl Engine {
         self.inner.store.put_session(rec.clone()).await?;
         let s = Arc::new(SessionShared::from_record(&rec));
         self.directory().insert(s.clone());
-        self.attach(s, identity, peer, conn_id, false, resume_error, rt)
-            .await
+        let mut attached = self
+            .attach(s, identity, peer, conn_id, false, resume_error, rt)
+            .await?;
+        attached.set_welcome_key(plain_key);
+        Ok(attached)
+    }
+
+    /// Counts, logs and records a resume that was not granted (a new session follows).
+    fn resume_refused(
+        &self,
+        hello: &Hello,
+        uid: &str,
+        session: &str,
+        conn_id: &str,
+        peer: &Peer,
+        e: ResumeError,
+    ) {
+        self.inner.metrics.resume(e.as_str());
+        warn!(event = "resume_failed", uid = %uid, device = hello.device.as_deref().unwrap_or(""),
+            session = %session, conn = %conn_id, addr = %peer.addr,
+            reason = e.as_str(), "resume failed; starting a new session");
+        self.record_event(
+            "resume_failed",
+            Some(uid),
+            hello.device.as_deref(),
+            Some(session),
+            Some(conn_id),
+            serde_json::json!({"reason": e.as_str(), "addr": peer.addr}),
+        );
     }
 
     fn lookup_resume(&self, id: &str, key: &str, uid: &str, now: u64) -> ResumeLookup {
@@ -554,7 +615,7 @@ impl Engine {
                 if t.uid != uid {
                     return ResumeLookup::Failed(ResumeError::Unknown);
                 }
-                if t.key != key {
+                if !resume_key::matches(&t.key, key) {
                     return ResumeLookup::Failed(ResumeError::BadKey);
                 }
                 return match t.reason.as_str() {
@@ -569,7 +630,7 @@ impl Engine {
         if s.uid != uid {
             return ResumeLookup::Failed(ResumeError::Unknown);
         }
-        if s.key != key {
+        if !resume_key::matches(&s.key, key) {
             return ResumeLookup::Failed(ResumeError::BadKey);
         }
         let expired = {
@@ -1034,6 +1095,29 @@ impl Engine {
     pub fn client_stream(key: &str) -> &str {
         client_name(key)
     }
+}
+
+/// A token bound to a device (`device` claim) resumes only that device's sessions.
+fn device_allowed(identity: &Identity, s: &SessionShared) -> bool {
+    identity.device.as_deref().is_none_or(|d| d == s.device)
+}
+
+/// Applies a resuming token's grants to the session: ends the subscriptions its `chans.sub`
+/// no longer allows (before the welcome lists them or delivery resumes) and returns their
+/// channel names, for the `sub_revoked` frames. The record is re-persisted by `attach`.
+fn revoke_subs(s: &SessionShared, grants: &ChannelGrants) -> Vec<String> {
+    let mut g = s.lock();
+    let revoked: Vec<String> = g
+        .subs
+        .keys()
+        .filter(|chan| !grants.may_subscribe(chan))
+        .cloned()
+        .collect();
+    for chan in &revoked {
+        g.subs.remove(chan);
+        g.sub_start.remove(chan);
+    }
+    revoked
 }
 
 fn evicted(reason: EvictReason, t: &Tombstone) -> ResumeLookup {

@@ -14,6 +14,8 @@ pub mod identity;
 pub mod ids;
 pub mod inspect;
 pub mod metrics;
+mod quota;
+mod resume_key;
 pub mod session;
 pub mod streams;
 mod trace;

@@ -32,7 +32,7 @@ pub(crate) struct ConnSlot {
 
 pub(crate) struct SessionShared {
     pub(crate) id: String,
-    /// The resume secret.
+    /// SHA-256 of the resume secret (`sha256:<hex>`, see `resume_key`).
     pub(crate) key: String,
     pub(crate) uid: String,
     pub(crate) device: String,

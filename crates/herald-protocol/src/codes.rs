@@ -22,10 +22,15 @@ pub enum ErrorCode {
     Unauthorized,
     /// Not found (HTTP API only).
     NotFound,
+    /// A subscription was ended by the server because the connection's token no longer
+    /// allows it (sent on resume, without `seq`, with `chan`).
+    SubRevoked,
+    /// A count quota is full (`limits.max_subs_per_session`); the request was not applied.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadFrame,
         ErrorCode::UnknownType,
         ErrorCode::BadTarget,
@@ -38,6 +43,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::NotFound,
+        ErrorCode::SubRevoked,
+        ErrorCode::QuotaExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +61,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::SubRevoked => "sub_revoked",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -139,7 +148,9 @@ mod tests {
                 | ErrorCode::Unavailable
                 | ErrorCode::Internal
                 | ErrorCode::Unauthorized
-                | ErrorCode::NotFound => {}
+                | ErrorCode::NotFound
+                | ErrorCode::SubRevoked
+                | ErrorCode::QuotaExceeded => {}
             }
         }
         let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();

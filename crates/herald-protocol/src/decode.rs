@@ -16,18 +16,73 @@ use crate::names::{validate_name, ClientStream, NameError, Target};
 /// Longest idempotency key (`pub.id`) accepted, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 
+/// Default for [`Limits::max_json_depth`] (`limits.max_json_depth`).
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+
 /// Limits the decoder enforces (the frame size itself is enforced by the transport).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted in a `body` (`limits.max_json_depth`).
+    /// A frame or request may nest one level more: the object that holds the body. Checked
+    /// before any parsing, so no later step (serde's own recursion limit of 128 when a stored
+    /// body is re-read, a client's parser) ever sees a deeper value.
+    pub max_json_depth: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 64 * 1024,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
         }
     }
+}
+
+/// Where JSON text nests arrays and objects deeper than `max` levels: the byte offset of the
+/// first bracket past the limit. Brackets inside strings do not count. The text need not be
+/// valid JSON (the parser judges that afterwards); the scan is linear and allocates nothing.
+pub fn json_too_deep(text: &[u8], max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in text.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The error for a frame or request nested deeper than `limits.max_json_depth` allows.
+pub(crate) fn too_deep(seq: Option<u64>, limits: &Limits, at: usize) -> DecodeError {
+    DecodeError::new(
+        seq,
+        ErrorCode::BadFrame,
+        format!(
+            "JSON nests more than {} levels of arrays and objects in `body` (at byte {at}); \
+             the limit is limits.max_json_depth",
+            limits.max_json_depth
+        ),
+    )
 }
 
 /// Why one object of a frame was rejected.
@@ -41,7 +96,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(seq: Option<u64>, code: ErrorCode, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(seq: Option<u64>, code: ErrorCode, msg: impl Into<String>) -> Self {
         DecodeError {
             seq,
             code,
@@ -92,6 +147,14 @@ fn split<T>(
         .filter(|l| !l.is_empty())
         .map(&mut one)
         .collect()
+}
+
+/// Reads only `seq` (skipping everything else without recursing into it), so an error about
+/// the frame can still name the request.
+#[derive(Deserialize)]
+struct SeqOnly {
+    #[serde(default)]
+    seq: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +360,14 @@ struct PubIn {
 const CLIENT_TYPES: &str = "hello, pub, sub, unsub, ack, ping, pong, bye";
 
 fn decode_client_object(obj: &str, limits: &Limits) -> Decoded {
+    // Before any parse: the probe and the error explanations parse the whole object too.
+    // One level more than the limit: the frame object itself holds the body.
+    if let Some(at) = json_too_deep(obj.as_bytes(), limits.max_json_depth.saturating_add(1)) {
+        let seq = serde_json::from_str::<SeqOnly>(obj)
+            .ok()
+            .and_then(|s| s.seq.as_ref().and_then(serde_json::Value::as_u64));
+        return Err(too_deep(seq, limits, at));
+    }
     let (t, seq) = probe(obj)?;
     match t.as_str() {
         "hello" => {
@@ -632,13 +703,51 @@ mod tests {
 
     #[test]
     fn body_limit() {
-        let limits = Limits { max_body_bytes: 10 };
+        let limits = Limits {
+            max_body_bytes: 10,
+            ..Limits::default()
+        };
         let v = decode_frame(
             r#"{"t":"pub","seq":1,"to":"chan:a","body":"0123456789"}"#,
             &limits,
         );
         let e = v[0].clone().unwrap_err();
         assert_eq!((e.seq, e.code), (Some(1), ErrorCode::TooLarge));
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn json_depth_limit() {
+        let limits = Limits::default();
+        let ok = format!(
+            r#"{{"t":"pub","seq":4,"to":"chan:a","body":{}}}"#,
+            nested(limits.max_json_depth)
+        );
+        assert!(matches!(one(&ok), Ok(ClientFrame::Pub(_))));
+        let deep = format!(
+            r#"{{"t":"pub","seq":4,"to":"chan:a","body":{}}}"#,
+            nested(limits.max_json_depth + 1)
+        );
+        let e = one(&deep).unwrap_err();
+        assert_eq!((e.seq, e.code), (Some(4), ErrorCode::BadFrame));
+        assert!(e.msg.contains("limits.max_json_depth"), "{}", e.msg);
+        // Far past serde's own recursion limit (128): still a specific error, never a panic.
+        let e = one(&format!(r#"{{"seq":9,"x":{}}}"#, nested(100_000))).unwrap_err();
+        assert_eq!((e.seq, e.code), (Some(9), ErrorCode::BadFrame));
+        assert!(e.msg.contains("limits.max_json_depth"), "{}", e.msg);
+        // Brackets inside strings are text, not nesting.
+        let text = format!(
+            r#"{{"t":"pub","seq":1,"to":"chan:a","body":"{}\"{}"}}"#,
+            "[".repeat(200),
+            "{".repeat(200)
+        );
+        assert!(matches!(one(&text), Ok(ClientFrame::Pub(_))), "{text}");
+        assert_eq!(json_too_deep(b"[[]]", 2), None);
+        assert_eq!(json_too_deep(b"[[[]]]", 2), Some(2));
+        assert_eq!(json_too_deep(br#"["\"[[["]"#, 1), None);
     }
 
     #[test]

@@ -185,6 +185,8 @@ pub enum ResumeError {
     Unknown,
     /// The session exists but the key does not match; it was left untouched.
     BadKey,
+    /// The token is bound to another device (`device` claim) than the session's.
+    WrongDevice,
 }
 
 impl ResumeError {
@@ -193,6 +195,7 @@ impl ResumeError {
             ResumeError::Expired => "expired",
             ResumeError::Unknown => "unknown",
             ResumeError::BadKey => "bad_key",
+            ResumeError::WrongDevice => "wrong_device",
         }
     }
 }
@@ -292,6 +295,10 @@ pub struct ErrFrame {
     pub seq: Option<u64>,
     pub code: ErrorCode,
     pub msg: String,
+    /// The channel an error is about, when it is not an answer to a request
+    /// (`sub_revoked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chan: Option<String>,
 }
 
 /// A delivered message.
@@ -340,6 +347,7 @@ impl ServerFrame {
             seq,
             code,
             msg: msg.into(),
+            chan: None,
         })
     }
 

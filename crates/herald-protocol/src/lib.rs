@@ -7,6 +7,7 @@
 pub mod codes;
 pub mod decode;
 pub mod frames;
+pub mod http;
 pub mod names;
 
 pub use codes::{close, ErrorCode};

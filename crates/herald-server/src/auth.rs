@@ -8,7 +8,12 @@
 //!   (an RSA key means RS256, an EC P-256 key ES256). Both may be configured; the token header's
 //!   `alg` picks the key, and any other `alg` (including `none`) is refused.
 //! - `exp` is required (seconds since the Unix epoch); `nbf` is honoured when present; both
-//!   with `auth.leeway_ms` of tolerance. `aud` and `iss` are not checked.
+//!   with `auth.leeway_ms` of tolerance. A token may live at most
+//!   `auth.max_token_lifetime_ms` (from `iat`, or from now without it).
+//! - `aud` must name `auth.audience` and `iss` must equal `auth.issuer`, when those are set.
+//! - With `auth.jwks_url`, a token whose header has a `kid` is verified with that key of the
+//!   JWKS (refreshed in the background); an unknown `kid` is refused.
+//! - Revocation: a kick with `?revoke=true` refuses the uid's tokens issued (`iat`) before it.
 //! - `sub` is the uid and must be a valid name.
 //! - `device` (optional) binds the token to a device: a `hello.device` that differs is refused.
 //! - `chans` (optional) limits channels: `{"pub":[patterns],"sub":[patterns]}`, patterns exact or
@@ -67,6 +72,15 @@ pub(crate) enum AuthError {
     BadSignature,
     #[error("token has no `exp` claim; herald requires tokens to expire")]
     MissingExp,
+    #[error("token lives {lives}; the longest accepted is {max} (auth.max_token_lifetime_ms)")]
+    TooLong { lives: String, max: String },
+    #[error("token `kid` {0:?} is not in the key set of auth.jwks_url")]
+    UnknownKid(String),
+    #[error(
+        "tokens of this uid issued before {0} ms since the epoch were revoked (kick); \
+         get a new token (with `iat`)"
+    )]
+    Revoked(u64),
     #[error("token expired {ago} ago")]
     Expired { ago: String },
     #[error("token is not valid yet (`nbf` is {wait} in the future)")]
@@ -103,6 +117,14 @@ pub(crate) struct Authenticator {
     public: Option<(Algorithm, DecodingKey)>,
     leeway_ms: u64,
     api_keys: Vec<Vec<u8>>,
+    /// Keys by `kid` from `auth.jwks_url` (`None` when not configured).
+    jwks: Option<crate::jwks::Keys>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    /// 0 = unlimited.
+    max_lifetime_ms: u64,
+    /// uid → tokens issued before this time (ms) are refused.
+    revoked: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -142,12 +164,39 @@ impl Authenticator {
             public,
             leeway_ms: auth.leeway_ms,
             api_keys: api.keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            jwks: auth.jwks_url.as_ref().map(|_| crate::jwks::Keys::default()),
+            audience: auth.audience.clone(),
+            issuer: auth.issuer.clone(),
+            max_lifetime_ms: auth.max_token_lifetime_ms,
+            revoked: Default::default(),
         })
     }
 
     /// [`Authenticator::new`] from a loaded config (`server.dev` is the dev flag).
     pub(crate) fn from_config(cfg: &Config) -> Result<Authenticator, ConfigError> {
         Authenticator::new(&cfg.auth, &cfg.api, cfg.server.dev)
+    }
+
+    /// The key set `auth.jwks_url` fills, for the refresher.
+    pub(crate) fn jwks_keys(&self) -> Option<crate::jwks::Keys> {
+        self.jwks.clone()
+    }
+
+    /// Refuses every token of `uid` issued before `at_ms` (a kick with `revoke`). Held in
+    /// memory: a restart forgets it, so keep `auth.max_token_lifetime_ms` short.
+    pub(crate) fn revoke(&self, uid: &str, at_ms: u64) {
+        let mut map = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries older than the longest token lifetime can no longer matter.
+        if self.max_lifetime_ms > 0 {
+            let horizon = at_ms.saturating_sub(self.max_lifetime_ms + self.leeway_ms);
+            map.retain(|_, t| *t >= horizon);
+        }
+        map.insert(uid.to_string(), at_ms);
+    }
+
+    fn revoked_before(&self, uid: &str) -> Option<u64> {
+        let map = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(uid).copied()
     }
 
     /// One line for the startup log, e.g. `tokens: HS256, ES256; API keys: 2; dev mode: off`.
@@ -224,7 +273,7 @@ impl Authenticator {
     }
 
     fn verify(&self, token: &str, hello_device: Option<&str>) -> Result<Identity, AuthError> {
-        if self.hs256.is_none() && self.public.is_none() {
+        if self.hs256.is_none() && self.public.is_none() && self.jwks.is_none() {
             return Err(AuthError::NoKeyConfigured);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| {
@@ -244,9 +293,23 @@ impl Authenticator {
                 _ => jwt_error(&e),
             }
         })?;
-        let key = match (header.alg, &self.public) {
-            (Algorithm::HS256, _) => self.hs256.as_ref(),
-            (alg, Some((public_alg, key))) if alg == *public_alg => Some(key),
+        let from_jwks = match (&self.jwks, header.kid.as_deref()) {
+            (Some(keys), Some(kid)) => match keys.get(kid) {
+                Some((alg, key)) if alg == header.alg => Some(key),
+                Some((alg, _)) => {
+                    return Err(AuthError::WrongAlgorithm {
+                        got: format!("{:?}", header.alg),
+                        accepted: format!("{alg:?} for kid {kid:?}"),
+                    })
+                }
+                None => return Err(AuthError::UnknownKid(kid.to_string())),
+            },
+            _ => None,
+        };
+        let key = match (from_jwks.as_ref(), header.alg, &self.public) {
+            (Some(k), _, _) => Some(k),
+            (None, Algorithm::HS256, _) => self.hs256.as_ref(),
+            (None, alg, Some((public_alg, key))) if alg == *public_alg => Some(key),
             _ => None,
         };
         let Some(key) = key else {
@@ -285,6 +348,42 @@ impl Authenticator {
             }
         }
 
+        let iat_ms = claims
+            .iat
+            .as_ref()
+            .map(|v| numeric_date_ms("iat", v))
+            .transpose()?;
+        if self.max_lifetime_ms > 0 {
+            let lives = exp_ms - iat_ms.unwrap_or(now_ms).min(now_ms);
+            if lives > (self.max_lifetime_ms + self.leeway_ms) as f64 {
+                return Err(AuthError::TooLong {
+                    lives: human_ms(lives),
+                    max: human_ms(self.max_lifetime_ms as f64),
+                });
+            }
+        }
+        if let Some(want) = &self.audience {
+            let ok = match &claims.aud {
+                Some(Value::String(a)) => a == want,
+                Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(want)),
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::BadClaim {
+                    claim: "aud",
+                    reason: format!("must name {want:?} (auth.audience)"),
+                });
+            }
+        }
+        if let Some(want) = &self.issuer {
+            if claims.iss.as_ref().and_then(Value::as_str) != Some(want.as_str()) {
+                return Err(AuthError::BadClaim {
+                    claim: "iss",
+                    reason: format!("must be {want:?} (auth.issuer)"),
+                });
+            }
+        }
+
         let uid = match &claims.sub {
             None => return Err(AuthError::BadSub("is missing; it must be the uid".into())),
             Some(Value::String(s)) => s,
@@ -292,6 +391,11 @@ impl Authenticator {
         };
         validate_name("uid", uid)
             .map_err(|e| AuthError::BadSub(format!("is not a valid uid: {e}")))?;
+        if let Some(before) = self.revoked_before(uid) {
+            if iat_ms.is_none_or(|iat| iat < before as f64) {
+                return Err(AuthError::Revoked(before));
+            }
+        }
 
         let device = match &claims.device {
             None => None,
@@ -335,6 +439,12 @@ struct Claims {
     exp: Option<Value>,
     #[serde(default)]
     nbf: Option<Value>,
+    #[serde(default)]
+    iat: Option<Value>,
+    #[serde(default)]
+    aud: Option<Value>,
+    #[serde(default)]
+    iss: Option<Value>,
     #[serde(default)]
     device: Option<Value>,
     #[serde(default)]

@@ -38,6 +38,8 @@ use crate::cli::ServeArgs;
 pub(crate) const MAX_LEEWAY_MS: u64 = 5 * 60 * 1000;
 /// Smallest accepted `limits.max_frame_bytes`: a `hello` carrying a large token must fit.
 pub(crate) const MIN_FRAME_BYTES: u64 = 4096;
+/// Highest `limits.max_json_depth`: serde_json (and most parsers) refuse to read deeper values.
+pub(crate) const MAX_JSON_DEPTH: u32 = 128;
 /// Smallest accepted `session.heartbeat_ms`.
 pub(crate) const MIN_HEARTBEAT_MS: u64 = 100;
 /// Smallest accepted `retention.trim_interval_ms`.
@@ -82,6 +84,7 @@ pub(crate) struct Config {
     pub(crate) dedupe: DedupeSection,
     pub(crate) auth: AuthSection,
     pub(crate) api: ApiSection,
+    pub(crate) tls: TlsSection,
     /// `[[webhooks]]` entries (an array of tables; file only, not the environment).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) webhooks: Vec<WebhookEntry>,
@@ -95,6 +98,16 @@ pub(crate) struct ServerSection {
     pub(crate) dev: bool,
     pub(crate) shutdown_grace_ms: u64,
     pub(crate) max_connections: usize,
+    /// Connections per source address (0 = unlimited); trusted proxies are exempt.
+    pub(crate) max_connections_per_ip: usize,
+    /// Time to send a complete request head (also closes idle keep-alive connections).
+    pub(crate) http_header_timeout_ms: u64,
+    /// Addresses or CIDR ranges whose `X-Forwarded-For` header names the client.
+    pub(crate) trusted_proxies: Vec<String>,
+    /// Browser origins allowed to open `/v1/ws` (`*` = any; empty = any in dev, none otherwise).
+    pub(crate) allowed_origins: Vec<String>,
+    /// Lets dev mode listen on a non-loopback address.
+    pub(crate) dev_allow_remote: bool,
 }
 
 impl Default for ServerSection {
@@ -105,8 +118,25 @@ impl Default for ServerSection {
             dev: false,
             shutdown_grace_ms: 10_000,
             max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            http_header_timeout_ms: 10_000,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            dev_allow_remote: false,
         }
     }
+}
+
+/// Built-in TLS. Both set: the listener speaks only TLS (https://, wss://).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    /// PEM certificate chain, leaf first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +187,8 @@ impl Default for SessionSection {
 pub(crate) struct LimitsSection {
     pub(crate) max_frame_bytes: u64,
     pub(crate) max_body_bytes: u64,
+    /// Deepest nesting of arrays and objects in a body (WebSocket `pub` and HTTP publish).
+    pub(crate) max_json_depth: u32,
     /// Outbound frames buffered per connection before it is treated as stalled.
     pub(crate) send_queue_frames: usize,
     /// Initial read buffer per connection (memory per idle connection).
@@ -167,6 +199,12 @@ pub(crate) struct LimitsSection {
     pub(crate) request_burst: u32,
     /// Consecutive rate-limited requests before the connection is closed (4029).
     pub(crate) rate_limit_strikes: u32,
+    /// `pub` requests per second per uid over all its connections; 0 = unlimited.
+    pub(crate) publishes_per_uid_per_sec: u32,
+    /// New sessions per minute per uid; 0 = unlimited.
+    pub(crate) sessions_per_uid_per_min: u32,
+    /// Channels one session may be subscribed to at once; 0 = unlimited.
+    pub(crate) max_subs_per_session: u32,
 }
 
 impl Default for LimitsSection {
@@ -175,11 +213,15 @@ impl Default for LimitsSection {
         LimitsSection {
             max_frame_bytes: e.max_frame_bytes,
             max_body_bytes: e.max_body_bytes,
+            max_json_depth: herald_protocol::decode::DEFAULT_MAX_JSON_DEPTH as u32,
             send_queue_frames: 1024,
             read_buffer_bytes: 4096,
             requests_per_sec: e.requests_per_sec,
             request_burst: e.request_burst,
             rate_limit_strikes: e.rate_limit_strikes,
+            publishes_per_uid_per_sec: e.publishes_per_uid_per_sec,
+            sessions_per_uid_per_min: e.sessions_per_uid_per_min,
+            max_subs_per_session: e.max_subs_per_session,
         }
     }
 }
@@ -259,6 +301,19 @@ pub(crate) struct AuthSection {
     pub(crate) public_key_pem: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub(crate) leeway_ms: u64,
+    /// Required `aud` (unset: not checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) audience: Option<String>,
+    /// Required `iss` (unset: not checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) issuer: Option<String>,
+    /// Longest accepted token lifetime (`exp` − `iat`, or `exp` − now); 0 = unlimited.
+    pub(crate) max_token_lifetime_ms: u64,
+    /// JWKS document URL for keys chosen by `kid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    pub(crate) jwks_refresh_ms: u64,
 }
 
 impl Default for AuthSection {
@@ -267,6 +322,11 @@ impl Default for AuthSection {
             hs256_secret: None,
             public_key_pem: None,
             leeway_ms: 30_000,
+            audience: None,
+            issuer: None,
+            max_token_lifetime_ms: 24 * 3600 * 1000,
+            jwks_url: None,
+            jwks_refresh_ms: 300_000,
         }
     }
 }
@@ -368,6 +428,14 @@ impl fmt::Debug for WebhookEntry {
 
 impl Config {
     /// The engine's share of the configuration. `tail_cache_messages` keeps its engine default.
+    /// What the frame and request decoders enforce.
+    pub(crate) fn decode_limits(&self) -> herald_protocol::Limits {
+        herald_protocol::Limits {
+            max_body_bytes: self.limits.max_body_bytes as usize,
+            max_json_depth: self.limits.max_json_depth as usize,
+        }
+    }
+
     pub(crate) fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             identity_policy: self.identity.policy,
@@ -390,6 +458,9 @@ impl Config {
             requests_per_sec: self.limits.requests_per_sec,
             request_burst: self.limits.request_burst,
             rate_limit_strikes: self.limits.rate_limit_strikes,
+            publishes_per_uid_per_sec: self.limits.publishes_per_uid_per_sec,
+            sessions_per_uid_per_min: self.limits.sessions_per_uid_per_min,
+            max_subs_per_session: self.limits.max_subs_per_session,
             dev: self.server.dev,
             webhooks: self
                 .webhooks
@@ -482,6 +553,10 @@ const SECTIONS: &[(&str, &str)] = &[
         "api",
         "HTTP API (`Authorization: Bearer <key>`). Not needed in dev mode.",
     ),
+    (
+        "tls",
+        "Built-in TLS: with cert and key set, the listener speaks only TLS (https://, wss://); both are reloaded on SIGHUP.",
+    ),
 ];
 
 /// Every key, in file order. A test checks this matches the structs field for field.
@@ -496,7 +571,17 @@ const KEYS: &[KeyDoc] = &[
     key("server", "shutdown_grace_ms", Kind::Int, MS,
         "On SIGTERM/SIGINT, time given to connections and writes to finish before exiting."),
     key("server", "max_connections", Kind::Int, "a whole number, at least 1",
-        "Concurrent WebSocket connections accepted; beyond it new connections are refused."),
+        "Concurrent connections, HTTP and WebSocket; when full, the oldest connection that has not sent a request yet is closed to make room, else new ones get 503. Lowered at start to fit the open-file limit (with a warning)."),
+    key("server", "max_connections_per_ip", Kind::Int, "a whole number (0 = unlimited)",
+        "Concurrent connections from one source address; beyond it new ones get 503. Trusted proxies are exempt."),
+    key("server", "http_header_timeout_ms", Kind::Int, "a whole number of milliseconds, at least 100",
+        "Time a connection has to send a complete request head, from connect or from its previous answer; slower or idle keep-alive connections are closed."),
+    key("server", "trusted_proxies", Kind::List, "a list of IP addresses or CIDR ranges (comma-separated in the environment)",
+        "Peers whose X-Forwarded-For header names the client (in logs, events and evicted.by.addr); they are exempt from the per-IP cap. Empty: the header is ignored."),
+    key("server", "allowed_origins", Kind::List, "a list of origins such as \"https://app.example.com\", or [\"*\"] for any (comma-separated in the environment)",
+        "Browser origins (the Origin header) allowed to open /v1/ws; others get 403. Empty: any origin in dev mode, no browser origin otherwise (clients that send no Origin, i.e. not browsers, are always allowed)."),
+    key("server", "dev_allow_remote", Kind::Bool, BOOL,
+        "Lets dev mode (no tokens, no API key) listen on a non-loopback address. Without it such a server refuses to start."),
     key("identity", "policy", Kind::Str, "one of multi | single | reject_new",
         "multi: a session per (uid, device); single: a new login evicts the old one; reject_new: refuse logins while the uid is connected."),
     key("identity", "max_devices", Kind::Int, "a whole number, at least 1",
@@ -517,6 +602,8 @@ const KEYS: &[KeyDoc] = &[
         "Largest WebSocket frame accepted, in bytes; larger ones close the connection (1009)."),
     key("limits", "max_body_bytes", Kind::Int, "a whole number of bytes, at least 1 and at most limits.max_frame_bytes",
         "Largest pub body, in bytes of JSON; larger ones get err too_large."),
+    key("limits", "max_json_depth", Kind::Int, "a whole number from 1 to 128",
+        "Deepest nesting of arrays and objects in a body (WebSocket pub and HTTP publish); deeper ones get bad_frame before anything parses them."),
     key("limits", "send_queue_frames", Kind::Int, "a whole number, at least 1",
         "Outbound frames buffered per connection before the connection is treated as stalled."),
     key("limits", "read_buffer_bytes", Kind::Int, "a whole number of bytes, at least 1024",
@@ -527,6 +614,12 @@ const KEYS: &[KeyDoc] = &[
         "Requests a connection may send at once above the steady rate."),
     key("limits", "rate_limit_strikes", Kind::Int, "a whole number, at least 1",
         "Consecutive rate-limited requests after which the connection is closed (4029)."),
+    key("limits", "publishes_per_uid_per_sec", Kind::Int, "a whole number (0 = unlimited)",
+        "pub requests per second per uid, over all its connections; beyond it a pub gets err rate_limited and is not stored."),
+    key("limits", "sessions_per_uid_per_min", Kind::Int, "a whole number (0 = unlimited)",
+        "New sessions (logins that are not resumes) per minute per uid; beyond it the hello gets err rate_limited and close 4029."),
+    key("limits", "max_subs_per_session", Kind::Int, "a whole number (0 = unlimited)",
+        "Channels one session may be subscribed to at once; a sub beyond it gets err quota_exceeded."),
     key("retention", "channel_max_messages", Kind::Int, "a whole number (0 disables)",
         "Messages kept per channel; older ones are trimmed."),
     key("retention", "channel_max_age_ms", Kind::Int, MS_OR_0,
@@ -562,6 +655,25 @@ const KEYS: &[KeyDoc] = &[
     key("auth", "leeway_ms", Kind::Int, "a whole number of milliseconds, at most 300000",
         "Clock skew tolerated when checking token exp and nbf."),
     KeyDoc {
+        example: "\"herald\"",
+        ..key("auth", "audience", Kind::OptStr, "a string",
+            "When set, a token's aud claim (a string or a list) must name it.")
+    },
+    KeyDoc {
+        example: "\"https://login.example.com/\"",
+        ..key("auth", "issuer", Kind::OptStr, "a string",
+            "When set, a token's iss claim must equal it.")
+    },
+    key("auth", "max_token_lifetime_ms", Kind::Int, "a whole number of milliseconds (0 = unlimited)",
+        "Longest token lifetime accepted: exp minus iat (or minus now without iat). Tokens that live longer are refused (default 24 h)."),
+    KeyDoc {
+        example: "\"http://127.0.0.1:8080/.well-known/jwks.json\"",
+        ..key("auth", "jwks_url", Kind::OptStr, "an http:// URL (https is not supported by this build)",
+            "JWKS document with verification keys; a token whose header names a kid is verified with that key. Refreshed every jwks_refresh_ms.")
+    },
+    key("auth", "jwks_refresh_ms", Kind::Int, "a whole number of milliseconds, at least 100",
+        "How often auth.jwks_url is fetched again (key rotation); a failed fetch keeps the previous keys."),
+    KeyDoc {
         secret: true,
         ..key("api", "keys", Kind::List,
             "a list of strings without spaces (comma-separated in the environment)",
@@ -569,6 +681,16 @@ const KEYS: &[KeyDoc] = &[
     },
     key("api", "events_heartbeat_ms", Kind::Int, "a whole number of milliseconds, at least 100",
         "Keep-alive comment interval on GET /v1/events/stream while no event flows (keeps proxies from closing it)."),
+    KeyDoc {
+        example: "\"/etc/herald/tls/fullchain.pem\"",
+        ..key("tls", "cert", Kind::OptStr, "the path of a PEM certificate chain, leaf first",
+            "Certificate served to clients. Set together with tls.key; unset: plain HTTP (terminate TLS in a proxy).")
+    },
+    KeyDoc {
+        example: "\"/etc/herald/tls/privkey.pem\"",
+        ..key("tls", "key", Kind::OptStr, "the path of a PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            "Private key of tls.cert.")
+    },
 ];
 
 /// The array of tables holding webhooks (`[[webhooks]]`).
@@ -1061,6 +1183,29 @@ impl Loader {
             c.server.max_connections as u64,
             1,
         );
+        self.at_least(
+            "server",
+            "http_header_timeout_ms",
+            c.server.http_header_timeout_ms,
+            100,
+        );
+        for o in &c.server.allowed_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.ends_with('/')
+            {
+                self.rule(
+                    "server",
+                    "allowed_origins",
+                    format!("{o:?}"),
+                    "each entry must be \"*\" or an origin: scheme://host[:port] with no path, e.g. \"https://app.example.com\"".into(),
+                );
+            }
+        }
+        for p in &c.server.trusted_proxies {
+            if let Err(why) = crate::transport::listener::IpRange::parse(p) {
+                self.rule("server", "trusted_proxies", format!("{p:?}"), why);
+            }
+        }
         self.at_least("identity", "max_devices", c.identity.max_devices.into(), 1);
         self.at_least(
             "session",
@@ -1095,6 +1240,18 @@ impl Loader {
             MIN_FRAME_BYTES,
         );
         self.at_least("limits", "max_body_bytes", c.limits.max_body_bytes, 1);
+        self.at_least(
+            "limits",
+            "max_json_depth",
+            c.limits.max_json_depth.into(),
+            1,
+        );
+        if c.limits.max_json_depth > MAX_JSON_DEPTH {
+            let msg = format!(
+                "must be at most {MAX_JSON_DEPTH} (the recursion limit of common JSON parsers, serde_json's among them: deeper bodies could not be read back)"
+            );
+            self.rule("limits", "max_json_depth", c.limits.max_json_depth, msg);
+        }
         if c.limits.max_body_bytes > c.limits.max_frame_bytes {
             let msg = format!(
                 "must not exceed limits.max_frame_bytes = {} (from {})",
@@ -1125,6 +1282,12 @@ impl Loader {
                 self.rule("auth", "hs256_secret", "<redacted>", msg);
             }
         }
+        self.at_least("auth", "jwks_refresh_ms", c.auth.jwks_refresh_ms, 100);
+        if let Some(url) = &c.auth.jwks_url {
+            if let Err(why) = check_webhook_url(url) {
+                self.rule("auth", "jwks_url", format!("{url:?}"), why);
+            }
+        }
         if c.auth.leeway_ms > MAX_LEEWAY_MS {
             let msg = format!("must be at most {MAX_LEEWAY_MS} (5 minutes)");
             self.rule("auth", "leeway_ms", c.auth.leeway_ms, msg);
@@ -1146,6 +1309,16 @@ impl Loader {
             c.api.events_heartbeat_ms,
             MIN_EVENTS_HEARTBEAT_MS,
         );
+        if c.tls.cert.is_some() != c.tls.key.is_some() {
+            let (set, unset) = if c.tls.cert.is_some() {
+                ("cert", "key")
+            } else {
+                ("key", "cert")
+            };
+            self.problems.push(Problem::Rule(format!(
+                "tls.{set} is set but tls.{unset} is not: set both for built-in TLS, or neither"
+            )));
+        }
         self.check_webhooks(&c.webhooks);
     }
 
@@ -1315,6 +1488,11 @@ mod tests {
         let mut c = Config::default();
         c.auth.hs256_secret = Some("s".repeat(32));
         c.auth.public_key_pem = Some("/k.pem".into());
+        c.auth.audience = Some("herald".into());
+        c.auth.issuer = Some("idp".into());
+        c.auth.jwks_url = Some("http://127.0.0.1:1/jwks".into());
+        c.tls.cert = Some("/c.pem".into());
+        c.tls.key = Some("/k.pem".into());
         c.api.keys = vec!["k".into()];
         c
     }

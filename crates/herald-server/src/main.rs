@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod cmd;
 mod config;
+mod jwks;
 mod metrics;
 mod shutdown;
 mod transport;
@@ -71,4 +72,15 @@ fn init_logs(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
     }
+    // A panic anywhere (a handler's is also answered 500 by `app::catch_panic`) is one log
+    // line in the configured format, not a multi-line dump on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let what = app::panic_message(info.payload());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(panic = %what, location = %at, thread = thread.name().unwrap_or("?"), "panic");
+    }));
 }

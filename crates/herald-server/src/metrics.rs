@@ -17,6 +17,11 @@ pub(crate) struct ErrCode {
     pub(crate) code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Reason {
+    pub(crate) reason: &'static str,
+}
+
 /// Cheap to clone: every field shares its value with the clones.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ServerMetrics {
@@ -28,6 +33,10 @@ pub(crate) struct ServerMetrics {
     pub(crate) ws_closes: Family<CloseCode, Counter>,
     /// HTTP API error answers (`{"error":{"code":…}}`), by code.
     pub(crate) http_errors: Family<ErrCode, Counter>,
+    /// Connections the listener refused or closed to make room, by reason.
+    pub(crate) connections_refused: Family<Reason, Counter>,
+    /// Connections open now (HTTP and WebSocket), as the listener counts them.
+    pub(crate) connections_open: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl ServerMetrics {
@@ -52,6 +61,22 @@ impl ServerMetrics {
             "HTTP API error answers, by error code",
             self.http_errors.clone(),
         );
+        r.register(
+            "herald_connections_refused",
+            "TCP connections refused (max_connections, max_connections_per_ip) or closed without a request to make room (evicted_idle), by reason",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "herald_tcp_connections",
+            "Open TCP connections, HTTP and WebSocket (what server.max_connections counts)",
+            self.connections_open.clone(),
+        );
+    }
+
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     pub(crate) fn closed(&self, code: u16) {

@@ -76,6 +76,7 @@ async fn a_slow_subscriber_far_behind_the_memory_tail_gets_every_message_once_in
     let s = Server::start(&[
         ("SESSION__MAX_INFLIGHT", "64"),
         ("LIMITS__REQUEST_BURST", "10000"),
+        ("LIMITS__PUBLISHES_PER_UID_PER_SEC", "0"),
     ]);
     let mut bob = Client::connect(&s, "bob", "b1").await;
     bob.subscribe("firehose", None).await;

@@ -200,7 +200,9 @@ async fn publish_rejects_bad_requests_with_codes_and_stores_nothing() {
     );
 
     // Missing body: an empty request, or no `body` field.
-    let (status, e) = s.post_raw("/v1/publish", Vec::new(), None).await;
+    let (status, e) = s
+        .post_raw("/v1/publish", Vec::new(), Some("application/json"))
+        .await;
     assert_eq!((status, error_code(&e)), (400, "bad_frame"), "{e}");
     let (status, e) = s.post("/v1/publish", json!({"to":"user:bob"})).await;
     assert_eq!((status, error_code(&e)), (400, "bad_frame"), "{e}");

@@ -61,6 +61,7 @@ async fn one_json_line_per_connection_event_with_who_where_and_why() {
         stderr_to: Some(log.clone()),
         rust_log: Some("debug".into()),
         args: vec!["--log-format".into(), "json".into()],
+        ..Options::default()
     };
     let s = Server::start_opts(&[("SESSION__HEARTBEAT_MS", "60000")], &opts);
 

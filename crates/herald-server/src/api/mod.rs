@@ -16,9 +16,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_protocol::names::validate_name;
-use herald_protocol::{Body, ErrorCode, Target};
+use herald_protocol::ErrorCode;
 use herald_store::{EventQuery, SearchQuery, StoreError};
-use serde::Deserialize;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::app::App;
@@ -105,66 +105,43 @@ pub(crate) async fn require_api_key(
     }
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<T, ApiError> {
-    if let Some(ct) = headers
+/// Refuses a request body whose Content-Type is not JSON, or that has none (`415`): a
+/// cross-site "simple" request (a form POST, `fetch` with `text/plain` or no type) cannot
+/// carry `application/json` without a CORS preflight, which herald never grants.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorCode::BadFrame,
-                format!("the Content-Type header must be application/json (or absent), got {ct}"),
-            ));
-        }
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match ct {
+        Some(ct) if is_json(&ct) => Ok(()),
+        Some(ct) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadFrame,
+            format!("the Content-Type header must be application/json, got {ct}"),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadFrame,
+            "the Content-Type header must be application/json, and the request has none",
+        )),
     }
-    serde_json::from_slice(body).map_err(|e| {
-        let why = if e.is_data() {
-            explain_publish(body).unwrap_or_else(|| e.to_string())
-        } else {
-            e.to_string()
-        };
-        ApiError::bad(ErrorCode::BadFrame, format!("invalid JSON body: {why}"))
-    })
 }
 
-/// Names the field of a publish request that has the wrong type (serde's own message does
-/// not), e.g. "`to` must be a string, got 5".
-fn explain_publish(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let Some(map) = v.as_object() else {
-        return Some("the request must be a JSON object {\"to\":…,\"body\":…}".into());
-    };
-    for (name, required) in [("to", true), ("id", false), ("from", false)] {
-        match map.get(name) {
-            Some(serde_json::Value::String(_)) => {}
-            None | Some(serde_json::Value::Null) if !required => {}
-            None => return Some(format!("missing field `{name}`")),
-            Some(other) => {
-                let got = match other {
-                    serde_json::Value::Null => "null".to_string(),
-                    serde_json::Value::Array(_) => "an array".into(),
-                    serde_json::Value::Object(_) => "an object".into(),
-                    v => v.to_string(),
-                };
-                return Some(format!("`{name}` must be a string, got {got}"));
-            }
-        }
-    }
-    None
+/// `application/json`, with optional parameters (`; charset=utf-8`), in any case.
+fn is_json(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
 }
 
-#[derive(Deserialize)]
-struct PublishReq {
-    to: String,
-    body: Option<Body>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    from: Option<String>,
+/// A list answer: `{"items": […]}`. Serialized straight from the items (message bodies are
+/// raw JSON written out as stored, never re-parsed).
+#[derive(Serialize)]
+struct Items<T: Serialize> {
+    items: T,
+}
+
+fn list<T: Serialize>(items: T) -> Response {
+    Json(Items { items }).into_response()
 }
 
 /// `POST /v1/publish`
@@ -189,43 +166,18 @@ pub(crate) async fn publish(
             ApiError::new(e.status(), ErrorCode::BadFrame, e.body_text())
         }
     })?;
-    let req: PublishReq = parse_json(&headers, &raw)?;
-    let to = Target::parse(&req.to)
-        .map_err(|e| ApiError::bad(ErrorCode::BadTarget, format!("`to`: {e}")))?;
-    let body = req
-        .body
-        .ok_or_else(|| ApiError::bad(ErrorCode::BadFrame, "missing field `body`"))?;
-    let max = app.cfg.limits.max_body_bytes as usize;
-    if body.get().len() > max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::TooLarge,
-            format!(
-                "`body` is {} bytes; the limit is {max} (limits.max_body_bytes)",
-                body.get().len()
-            ),
-        ));
-    }
-    if let Some(id) = &req.id {
-        if id.is_empty() || id.len() > herald_protocol::decode::MAX_ID_LEN {
-            return Err(ApiError::bad(
-                ErrorCode::BadFrame,
-                format!(
-                    "`id` must be 1-{} bytes, got {}",
-                    herald_protocol::decode::MAX_ID_LEN,
-                    id.len()
-                ),
-            ));
-        }
-    }
-    let from = match req.from {
-        Some(f) => {
-            validate_name("`from`", &f)
-                .map_err(|e| ApiError::bad(ErrorCode::BadFrame, e.to_string()))?;
-            f
-        }
-        None => API_SENDER.to_string(),
-    };
+    require_json(&headers)?;
+    let req =
+        herald_protocol::http::decode_publish(&raw, &app.cfg.decode_limits()).map_err(|e| {
+            let status = match e.code {
+                ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, e.code, e.msg)
+        })?;
+    let to = req.to;
+    let body = req.body;
+    let from = req.from.unwrap_or_else(|| API_SENDER.to_string());
     let p = app
         .engine
         .publish(&from, &to, body, req.id)
@@ -311,7 +263,7 @@ pub(crate) async fn search(
         .iter()
         .map(|m| herald_core::engine::MessageView::of(m))
         .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(list(items))
 }
 
 /// `GET /v1/streams/{s}?after=N&limit=`: history.
@@ -332,7 +284,20 @@ pub(crate) async fn stream(
         .filter(|m| m.offset <= b.last)
         .map(|m| herald_core::engine::MessageView::of(m))
         .collect();
-    Ok(Json(json!({ "s": key, "first": b.first, "last": b.last, "items": items })).into_response())
+    #[derive(Serialize)]
+    struct Page<'a> {
+        s: &'a str,
+        first: u64,
+        last: u64,
+        items: Vec<herald_core::engine::MessageView>,
+    }
+    Ok(Json(Page {
+        s: &key,
+        first: b.first,
+        last: b.last,
+        items,
+    })
+    .into_response())
 }
 
 /// `GET /v1/sessions?uid=`
@@ -341,16 +306,42 @@ pub(crate) async fn sessions(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let items = app.engine.sessions(q.get("uid").map(String::as_str));
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(list(items))
 }
 
-/// `DELETE /v1/sessions/{id}`: kick (`evicted` `kicked`).
+/// `DELETE /v1/sessions/{id}?revoke=`: kick (`evicted` `kicked`); with `revoke=true`, the
+/// uid's tokens issued before now are refused from then on.
 pub(crate) async fn kick(
     State(app): State<Arc<App>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    let revoke = match q.get("revoke").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(v) => {
+            return Err(ApiError::bad(
+                ErrorCode::BadFrame,
+                format!("`revoke` must be true or false, got {v:?}"),
+            ))
+        }
+    };
+    let uid = app
+        .engine
+        .sessions(None)
+        .into_iter()
+        .find(|s| s.id == id)
+        .map(|s| s.uid);
     if app.engine.kick(&id, &format!("api:{addr}")).await {
+        if let (true, Some(uid)) = (revoke, uid) {
+            let at = app.engine.now_ms();
+            app.auth.revoke(&uid, at);
+            return Ok(Json(
+                json!({ "kicked": id, "revoked": {"uid": uid, "issued_before_ms": at} }),
+            )
+            .into_response());
+        }
         Ok(Json(json!({ "kicked": id })).into_response())
     } else {
         Err(ApiError::not_found(format!("no open session {id}")))
@@ -370,7 +361,7 @@ pub(crate) async fn events(
         limit: limit(&q)?,
     };
     let items = app.engine.store().events(&query).await?;
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(list(items))
 }
 
 /// `GET /healthz`: the process is up.

@@ -189,9 +189,7 @@ async fn handshake(
             return Err(false);
         }
     };
-    let limits = Limits {
-        max_body_bytes: app.cfg.limits.max_body_bytes as usize,
-    };
+    let limits = app.cfg.decode_limits();
     let mut frames = decode_frame(text.as_str(), &limits).into_iter();
     let hello = match frames.next() {
         Some(Ok(ClientFrame::Hello(h))) => h,
@@ -259,6 +257,7 @@ async fn handshake(
             let code = match &e {
                 OpenError::IdentityInUse { .. } => Some(ErrorCode::IdentityInUse),
                 OpenError::Store(_) => Some(ErrorCode::Unavailable),
+                OpenError::TooManySessions { .. } => Some(ErrorCode::RateLimited),
                 OpenError::Evicted(_) | OpenError::ShuttingDown => None,
             };
             if let Some(code) = code {
@@ -329,9 +328,7 @@ async fn run(
 ) -> bool {
     let heartbeat = Duration::from_millis(app.cfg.session.heartbeat_ms);
     let dead_after = heartbeat + Duration::from_millis(app.cfg.session.heartbeat_grace_ms);
-    let limits = Limits {
-        max_body_bytes: app.cfg.limits.max_body_bytes as usize,
-    };
+    let limits = app.cfg.decode_limits();
     let (uid, device, session, conn) = (
         attached.uid().to_string(),
         attached.device().to_string(),

@@ -29,6 +29,8 @@ pub struct Options {
     pub rust_log: Option<String>,
     /// Extra `herald serve` arguments, e.g. `["--log-format", "json"]`.
     pub args: Vec<String>,
+    /// A command that runs the server, e.g. `["prlimit", "--nofile=1024:1024"]`.
+    pub prefix: Vec<String>,
 }
 
 /// A running server process.
@@ -70,7 +72,14 @@ impl Server {
             .iter()
             .map(|(k, v)| (format!("HERALD_{k}"), v.to_string()))
             .collect();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut cmd = match opts.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_herald"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_herald")),
+        };
         let rust_log = opts
             .rust_log
             .clone()
@@ -102,7 +111,10 @@ impl Server {
         let addr = loop {
             match lines.next() {
                 Some(Ok(l)) => {
-                    if let Some(a) = l.strip_prefix("herald listening on http://") {
+                    if let Some(a) = l
+                        .strip_prefix("herald listening on http://")
+                        .or_else(|| l.strip_prefix("herald listening on https://"))
+                    {
                         break a.trim().to_string();
                     }
                 }
@@ -297,6 +309,11 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
             .await
             .expect("ws connect");
+        Client::from_ws(ws)
+    }
+
+    /// Wraps a WebSocket the caller opened (custom headers…).
+    pub fn from_ws(ws: Ws) -> Client {
         Client {
             ws,
             queue: VecDeque::new(),

@@ -11,7 +11,7 @@
 //! cargo run -p herald-client --example agent -- 1 2     # instance 1 of 2
 //! curl -XPOST localhost:7070/v1/publish -H 'content-type: application/json' -d '{"to":"user:agent","from":"carol","body":{"ask":"ping"}}'
 //! ```
-//! Each instance keeps its device id in `./.herald-agent-<i>`. `HERALD_URL` overrides the
+//! Each instance keeps its device id in `$HERALD_STATE_DIR/agent-<i>`. `HERALD_URL` overrides the
 //! server URL (default `ws://127.0.0.1:7070/v1/ws`).
 
 use herald_client::{Client, ConnectionEvent, FileDeviceStore};
@@ -29,7 +29,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "ws://127.0.0.1:7070/v1/ws".into());
     let client = Client::builder(url)
         .dev_uid("agent")
-        .device_store(FileDeviceStore::new(format!(".herald-agent-{instance}")))
+        .device_store(FileDeviceStore::new(
+            state_dir().join(format!("agent-{instance}")),
+        ))
         .connect()
         .await?;
     let device = client.session().map(|s| s.device).unwrap_or_default();
@@ -58,4 +60,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         }
     }
+}
+
+/// Where the example keeps its device id: `$HERALD_STATE_DIR`, else `herald-examples` in the
+/// system's temporary directory (never the working directory).
+fn state_dir() -> std::path::PathBuf {
+    std::env::var_os("HERALD_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("herald-examples"))
 }

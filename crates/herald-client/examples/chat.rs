@@ -9,7 +9,7 @@
 //! cargo run -p herald-client --example chat -- bob lobby
 //! ```
 //! `HERALD_URL` overrides the server URL (default `ws://127.0.0.1:7070/v1/ws`). The device id
-//! is kept in `./.herald-chat-<uid>`, so a restarted client keeps its place in the room.
+//! is kept in `$HERALD_STATE_DIR/chat-<uid>`, so a restarted client keeps its place in the room.
 
 use herald_client::{Client, ConnectionEvent, FileDeviceStore};
 use serde_json::json;
@@ -23,7 +23,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "ws://127.0.0.1:7070/v1/ws".into());
     let client = Client::builder(url)
         .dev_uid(&uid)
-        .device_store(FileDeviceStore::new(format!(".herald-chat-{uid}")))
+        .device_store(FileDeviceStore::new(
+            state_dir().join(format!("chat-{uid}")),
+        ))
         .connect()
         .await?;
     let mut events = client.events().ok_or("events taken")?;
@@ -62,4 +64,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         }
     }
+}
+
+/// Where the example keeps its device id: `$HERALD_STATE_DIR`, else `herald-examples` in the
+/// system's temporary directory (never the working directory).
+fn state_dir() -> std::path::PathBuf {
+    std::env::var_os("HERALD_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("herald-examples"))
 }

@@ -7,7 +7,7 @@
 //! cargo run -p herald-client --example twin -- alice    # terminal 2: terminal 1 prints
 //!   "evicted (replaced) by connection c_… from 127.0.0.1:…; stopping" and exits 2
 //! ```
-//! Both processes keep their device id in `./.herald-twin-<uid>` (as two copies of one
+//! Both processes keep their device id in `$HERALD_STATE_DIR/twin-<uid>` (as two copies of one
 //! installation would), so the second login replaces the first session of that device.
 //! `HERALD_URL` overrides the server URL (default `ws://127.0.0.1:7070/v1/ws`).
 
@@ -19,7 +19,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "ws://127.0.0.1:7070/v1/ws".into());
     let client = Client::builder(url)
         .dev_uid(&uid)
-        .device_store(FileDeviceStore::new(format!(".herald-twin-{uid}")))
+        .device_store(FileDeviceStore::new(
+            state_dir().join(format!("twin-{uid}")),
+        ))
         .connect()
         .await?;
     let session = client.session().ok_or("no session")?;
@@ -47,4 +49,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         }
     }
+}
+
+/// Where the example keeps its device id: `$HERALD_STATE_DIR`, else `herald-examples` in the
+/// system's temporary directory (never the working directory).
+fn state_dir() -> std::path::PathBuf {
+    std::env::var_os("HERALD_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("herald-examples"))
 }

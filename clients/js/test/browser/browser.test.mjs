@@ -139,7 +139,7 @@ test("a Rust SDK client and a JS client on the same channel see each other's mes
   const cwd = tempDir("herald-js-rust-");
   const rust = spawn(exampleBin("chat"), ["rusty", "lobby"], {
     cwd,
-    env: { ...process.env, HERALD_URL: herald.wsUrl, RUST_LOG: "warn" },
+    env: { ...process.env, HERALD_URL: herald.wsUrl, HERALD_STATE_DIR: cwd, RUST_LOG: "warn" },
     stdio: ["pipe", "pipe", "inherit"],
   });
   const lines = [];

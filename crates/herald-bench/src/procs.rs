@@ -144,7 +144,10 @@ impl Herald {
             )
             .env("HERALD_LIMITS__REQUESTS_PER_SEC", "0")
             .env("HERALD_LIMITS__PUBLISHES_PER_UID_PER_SEC", "0")
-            .env("HERALD_LIMITS__SESSIONS_PER_UID_PER_MIN", "0");
+            .env("HERALD_LIMITS__SESSIONS_PER_UID_PER_MIN", "0")
+            // Every bench client comes from loopback: the per-address cap would refuse the
+            // fan-out's subscribers.
+            .env("HERALD_SERVER__MAX_CONNECTIONS_PER_IP", "0");
         for (k, v) in env {
             cmd.env(format!("HERALD_{k}"), v);
         }
@@ -234,7 +237,10 @@ impl Herald {
             )
             .env("HERALD_LIMITS__REQUESTS_PER_SEC", "0")
             .env("HERALD_LIMITS__PUBLISHES_PER_UID_PER_SEC", "0")
-            .env("HERALD_LIMITS__SESSIONS_PER_UID_PER_MIN", "0");
+            .env("HERALD_LIMITS__SESSIONS_PER_UID_PER_MIN", "0")
+            // Every bench client comes from loopback: the per-address cap would refuse the
+            // fan-out's subscribers.
+            .env("HERALD_SERVER__MAX_CONNECTIONS_PER_IP", "0");
         for (k, v) in env {
             cmd.env(format!("HERALD_{k}"), v);
         }

@@ -39,6 +39,43 @@ impl Default for Limits {
     }
 }
 
+/// Why an accepted-looking body could not be read back as JSON by a strict reader, if so.
+pub fn unreadable_body(body: &str) -> Option<String> {
+    // The body is kept as raw text, which checks neither `\u` escapes nor number ranges: a
+    // lone UTF-16 surrogate (`\ud800`) or a number beyond f64 (`1e400`) would be stored and
+    // then fail to decode in every client that reads strictly (serde_json among them): a
+    // poison message. Only bodies with an escape, an exponent or a very long digit run pay
+    // for the full parse.
+    let b = body.as_bytes();
+    let mut digits = 0usize;
+    let mut suspect = false;
+    for (i, &c) in b.iter().enumerate() {
+        if c.is_ascii_digit() {
+            digits += 1;
+            if digits > 300 {
+                suspect = true;
+            }
+        } else {
+            if digits > 0 && (c == b'e' || c == b'E') {
+                suspect = true;
+            }
+            digits = 0;
+        }
+        if c == b'\\' && b.get(i + 1) == Some(&b'u') {
+            suspect = true;
+        }
+        if suspect {
+            break;
+        }
+    }
+    if !suspect {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Value>(body).err().map(|e| {
+        format!("`body` cannot be read back as JSON (a lone UTF-16 surrogate such as \\ud800, or a number beyond 64-bit floating point?): {e}")
+    })
+}
+
 /// Where JSON text nests arrays and objects deeper than `max` levels: the byte offset of the
 /// first bracket past the limit. Brackets inside strings do not count. The text need not be
 /// valid JSON (the parser judges that afterwards); the scan is linear and allocates nothing.
@@ -405,6 +442,9 @@ fn decode_client_object(obj: &str, limits: &Limits) -> Decoded {
                     ),
                 ));
             }
+            if let Some(why) = unreadable_body(body.get()) {
+                return Err(DecodeError::new(seq, ErrorCode::BadFrame, why));
+            }
             if let Some(id) = &p.id {
                 if id.is_empty() || id.len() > MAX_ID_LEN {
                     return Err(DecodeError::new(
@@ -746,6 +786,18 @@ mod tests {
         );
         assert!(matches!(one(&text), Ok(ClientFrame::Pub(_))), "{text}");
         assert_eq!(json_too_deep(b"[[]]", 2), None);
+        assert!(unreadable_body(r#"{"a":"\ud800x"}"#).is_some());
+        assert!(unreadable_body(r#"{"a":"\ud83d\ude00 \u00e9"}"#).is_none());
+        assert!(unreadable_body("[1e400]").is_some());
+        assert!(unreadable_body("[1e300, 2.5E-3, \"3e4\"]").is_none());
+        let f = decode_frame(
+            r#"{"t":"pub","seq":4,"to":"user:bob","body":{"a":"\ud800"}}"#,
+            &Limits::default(),
+        );
+        assert!(
+            matches!(&f[0], Err(e) if e.seq == Some(4) && e.code == ErrorCode::BadFrame && e.msg.contains("surrogate")),
+            "{f:?}"
+        );
         assert_eq!(json_too_deep(b"[[[]]]", 2), Some(2));
         assert_eq!(json_too_deep(br#"["\"[[["]"#, 1), None);
     }

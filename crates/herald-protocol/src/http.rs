@@ -65,6 +65,9 @@ pub fn decode_publish(raw: &[u8], limits: &Limits) -> Result<PublishRequest, Dec
             ),
         ));
     }
+    if let Some(why) = crate::decode::unreadable_body(body.get()) {
+        return Err(bad(ErrorCode::BadFrame, why));
+    }
     if let Some(id) = &req.id {
         if id.is_empty() || id.len() > MAX_ID_LEN {
             return Err(bad(
